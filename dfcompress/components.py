@@ -1,0 +1,198 @@
+"""The plugin interfaces (Synthesizer, Distiller, Pruner, Task) and the data they exchange.
+
+Each component carries its options as a dataclass ``Config`` whose defaults are the method's published
+settings; the CLI (``--synth-opt key=value``), config files and docs are derived from it.
+"""
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar, Iterable
+
+import torch
+from torch import nn
+
+if TYPE_CHECKING:
+    from .context import RunContext
+
+
+@dataclass(frozen=True)
+class NoOptions:
+    """A component without options."""
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """What a classifier expects: image size, channels, normalisation and number of classes."""
+
+    image_size: tuple[int, int] = (32, 32)
+    channels: int = 3
+    mean: tuple[float, ...] = (0.485, 0.456, 0.406)
+    std: tuple[float, ...] = (0.229, 0.224, 0.225)
+    num_classes: int = 10
+
+    def _stats(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mean = torch.as_tensor(self.mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+        std = torch.as_tensor(self.std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+        return mean, std
+
+    def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Pixel space [0, 1] to the model's input space."""
+        mean, std = self._stats(pixels)
+        return (pixels - mean) / std
+
+    def denormalize(self, x: torch.Tensor) -> torch.Tensor:
+        """The model's input space to pixel space (not clamped)."""
+        mean, std = self._stats(x)
+        return x * std + mean
+
+    def example_input(self, batch: int = 1, device: torch.device | str = "cpu") -> torch.Tensor:
+        return torch.zeros(batch, self.channels, *self.image_size, device=device)
+
+    def as_dict(self) -> dict:
+        return {
+            "image_size": list(self.image_size),
+            "channels": self.channels,
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "num_classes": self.num_classes,
+        }
+
+
+@dataclass
+class Teacher:
+    """A frozen classifier in eval mode that takes normalised input, with its input metadata."""
+
+    model: nn.Module
+    input: InputSpec
+    spec: str = ""
+
+
+@dataclass
+class SynthBatch:
+    """One batch of synthetic images in pixel space [0, 1] (float, N x C x H x W) with their labels."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    #: scalar summaries of the batch (final loss terms, iterations, seconds ...), logged and stored
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+class Component:
+    """Common base: a registry name, a one-line summary, the paper, and a dataclass of options."""
+
+    name: ClassVar[str] = ""
+    summary: ClassVar[str] = ""
+    paper: ClassVar[str | None] = None
+    Config: ClassVar[type] = NoOptions
+
+    def __init__(self, config: Any = None, ctx: RunContext | None = None) -> None:
+        from .context import RunContext
+
+        self.config = config if config is not None else self.Config()
+        self.ctx = ctx if ctx is not None else RunContext()
+
+
+class Synthesizer(Component, abc.ABC):
+    """Model inversion: produces labelled images from a frozen teacher, one batch at a time.
+
+    The driver (:func:`dfcompress.synthesis.synthesize`) chooses labels and a per-batch seed, so that
+    a data set is reproducible batch by batch and an interrupted run resumes where it stopped.
+    """
+
+    def setup(self, teacher: Teacher) -> None:
+        """Check that this method can invert ``teacher`` (raise UnsupportedTeacherError if not) and prepare."""
+        self.teacher = teacher
+
+    @abc.abstractmethod
+    def synthesize_batch(
+        self, labels: torch.Tensor, *, generator: torch.Generator, student: nn.Module | None = None
+    ) -> SynthBatch:
+        """Images for ``labels`` (a 1-D long tensor on the context's device).
+
+        ``generator`` seeds every random draw of this batch. ``student`` is the current student for
+        methods with a teacher-student competition term (ADI); others ignore it."""
+
+    def close(self) -> None:
+        """Release hooks and buffers; called when synthesis ends, also on error."""
+
+
+class Distiller(Component, abc.ABC):
+    """Trains a student from a teacher on (synthetic) images."""
+
+    @abc.abstractmethod
+    def fit(
+        self,
+        student: nn.Module,
+        teacher: Teacher,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        *,
+        checkpoint: Any = None,
+    ) -> dict[str, float]:
+        """Train ``student`` in place on ``images`` (uint8 pixels, N x C x H x W) and their target labels.
+
+        ``checkpoint`` is a path where training state is saved each epoch and resumed from if present.
+        Returns scalar metrics (final loss, epochs, seconds)."""
+
+
+@dataclass
+class PruneResult:
+    """What pruning did: the pruned model and its before/after size."""
+
+    model: nn.Module
+    params_before: int
+    params_after: int
+    macs_before: int
+    macs_after: int
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def params_removed(self) -> float:
+        return 1.0 - self.params_after / max(1, self.params_before)
+
+    @property
+    def macs_removed(self) -> float:
+        return 1.0 - self.macs_after / max(1, self.macs_before)
+
+    def as_dict(self) -> dict:
+        return {
+            "params_before": self.params_before,
+            "params_after": self.params_after,
+            "macs_before": self.macs_before,
+            "macs_after": self.macs_after,
+            "params_removed": round(self.params_removed, 4),
+            "macs_removed": round(self.macs_removed, 4),
+            "notes": list(self.notes),
+        }
+
+
+class Pruner(Component, abc.ABC):
+    """Structural pruning of a model to a ratio (channels, parameters or MACs removed)."""
+
+    #: whether the criterion needs example batches (gradients or activations)
+    needs_data: ClassVar[bool] = False
+
+    @abc.abstractmethod
+    def prune(
+        self,
+        model: nn.Module,
+        input_spec: InputSpec,
+        *,
+        ratio: float,
+        ratio_of: str = "channels",
+        batches: Iterable[tuple[torch.Tensor, torch.Tensor]] | None = None,
+    ) -> PruneResult:
+        """Prune ``model`` in place and return it with the achieved sizes.
+
+        ``ratio`` is the fraction removed: of the channels of every prunable layer (``channels``), or of
+        the whole model's parameters or MACs (``params``, ``macs``). ``batches`` are (normalised images,
+        labels) for data-driven criteria."""
+
+
+class Task(Component, abc.ABC):
+    """A pipeline run by ``dfcompress run --task NAME`` (synthesize, compress, evaluate, report)."""
+
+    @abc.abstractmethod
+    def run(self, run: Any) -> dict[str, Any]:
+        """Run on a :class:`dfcompress.pipeline.Run` and return the metrics for the report."""

@@ -1,0 +1,9 @@
+from dfcompress import hookimpl
+
+
+@hookimpl
+def register_tasks(register):
+    register("dfcompress.tasks:DistillTask", name="distill",
+             summary="synthesize, distill a student from the teacher, evaluate")
+    register("dfcompress.tasks:PruneTask", name="prune",
+             summary="synthesize, prune the teacher, fine-tune it by distillation, evaluate")

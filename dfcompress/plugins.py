@@ -1,0 +1,116 @@
+"""Plugin loading: built-ins and third-party packages (entry-point group ``dfcompress``) alike.
+
+A third-party plugin that fails to import or to register is skipped with a warning naming its package;
+``DFCOMPRESS_STRICT_PLUGINS=1`` turns that into an error. ``DFCOMPRESS_LOAD_PLUGINS`` is an allow-list of
+entry-point names (empty: built-ins only). This module never imports torch.
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import logging
+import os
+from functools import lru_cache
+
+import pluggy
+
+from . import hookspecs
+from ._version import __version__
+from .errors import DFCompressError
+from .registry import KINDS, Registry
+
+logger = logging.getLogger(__name__)
+
+ENTRY_POINT_GROUP = "dfcompress"
+
+#: Built-in plugins, registered through the same hooks as third-party ones.
+DEFAULT_PLUGINS = (
+    "dfcompress.default_plugins.synthesizers",
+    "dfcompress.default_plugins.distillers",
+    "dfcompress.default_plugins.pruners",
+    "dfcompress.default_plugins.tasks",
+    "dfcompress.default_plugins.teachers",
+    "dfcompress.default_plugins.datasets",
+)
+
+
+def strict() -> bool:
+    return os.environ.get("DFCOMPRESS_STRICT_PLUGINS", "") not in ("", "0", "false")
+
+
+def _fail(package: str, message: str, errors: list) -> None:
+    if strict():
+        raise DFCompressError(f"plugin {package}: {message} (DFCOMPRESS_STRICT_PLUGINS is set)")
+    logger.warning("skipping plugin %s: %s", package, message)
+    errors.append((package, message))
+
+
+class PluginManager(pluggy.PluginManager):
+    """pluggy's manager plus the package and version of each plugin and the load errors."""
+
+    def __init__(self) -> None:
+        super().__init__("dfcompress")
+        self.add_hookspecs(hookspecs)
+        self.dists: dict[str, tuple[str, str]] = {}  # plugin name -> (package, version)
+        self.load_errors: list[tuple[str, str]] = []
+
+
+def get_plugin_manager(load_entrypoints: bool = True) -> PluginManager:
+    pm = PluginManager()
+    if load_entrypoints:
+        allow = os.environ.get("DFCOMPRESS_LOAD_PLUGINS")
+        allowed = None if allow is None else {s.strip() for s in allow.split(",") if s.strip()}
+        for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+            if allowed is not None and ep.name not in allowed:
+                continue
+            dist = getattr(ep, "dist", None)
+            package = dist.name if dist else ep.value
+            version = dist.version if dist else ""
+            try:
+                module = ep.load()
+                pm.register(module, name=ep.name)
+            except Exception as exc:
+                _fail(package, f"failed to load: {type(exc).__name__}: {exc}", pm.load_errors)
+                continue
+            pm.dists[ep.name] = (package, version)
+    for module_name in DEFAULT_PLUGINS:
+        pm.register(importlib.import_module(module_name), name=module_name)
+        pm.dists[module_name] = ("dfcompress", __version__)
+    return pm
+
+
+def build_registry(pm: PluginManager) -> Registry:
+    """Call every plugin's registration hooks one by one, so that one broken plugin costs only itself."""
+    registry = Registry(errors=list(pm.load_errors))
+    broken: set[str] = set()
+    for kind in KINDS:
+        hook = getattr(pm.hook, f"register_{kind}")
+        for impl in reversed(hook.get_hookimpls()):  # registration order
+            plugin = impl.plugin_name
+            if plugin in broken:
+                continue
+            package, version = pm.dists.get(plugin, (plugin, ""))
+            try:
+                impl.function(registry.registrar(kind, plugin, package, version))
+            except Exception as exc:
+                for entries in registry.entries.values():  # drop all the broken plugin registered
+                    entries[:] = [e for e in entries if e.plugin != plugin]
+                broken.add(plugin)
+                _fail(package, f"register_{kind} raised {type(exc).__name__}: {exc}", registry.errors)
+    return registry
+
+
+@lru_cache(maxsize=1)
+def get_registry() -> Registry:
+    """The registry of the default plugin manager (cached for the process)."""
+    return build_registry(get_plugin_manager())
+
+
+def plugin_table(pm: PluginManager) -> list[dict]:
+    """One row per plugin: its name, package, version and hooks (for ``dfcompress plugins``)."""
+    rows = []
+    for name, plugin in pm.list_name_plugin():
+        package, version = pm.dists.get(name, (name, ""))
+        hooks = sorted(h.name for h in pm.get_hookcallers(plugin) or [])
+        rows.append({"name": name, "package": package, "version": version, "hooks": hooks})
+    return sorted(rows, key=lambda r: r["name"])
