@@ -31,6 +31,7 @@ DEFAULT_PLUGINS = (
     "dfcompress.default_plugins.tasks",
     "dfcompress.default_plugins.teachers",
     "dfcompress.default_plugins.datasets",
+    "dfcompress.default_plugins.commands",
 )
 
 
