@@ -1,0 +1,103 @@
+"""The run configuration: one dataclass from which `dfcompress run` flags, config files and docs derive."""
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Optional
+
+from .errors import ConfigError
+from .options import as_dict, build, options_of, to_toml
+
+
+def _opt(default: Any, help: str, **extra: Any) -> Any:
+    return field(default=default, metadata={"help": help, **extra})
+
+
+#: the component option tables of a config file, each with the RunConfig field naming the component
+COMPONENT_TABLES = {"synth_options": "synth", "distill_options": "distiller", "prune_options": "pruner"}
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    teacher: str = _opt("demo", "teacher model spec: demo, cifar:resnet56, timm:resnet18, torchvision:resnet18")
+    weights: Optional[str] = _opt(None, "teacher weights (.pt/.pth/.th state dict or .safetensors)")
+    trust_weights: bool = _opt(False, "allow a weights file that needs full unpickling (runs code: trusted files only)")
+    task: str = _opt("prune", "what to do with the synthetic images (see `dfcompress plugins`)")
+    synth: str = _opt("natural", "synthesizer (model inversion method)")
+    student: Optional[str] = _opt(None, "student model spec for --task distill (default: the teacher's architecture)")
+    pruner: str = _opt("l1", "pruning criterion for --task prune")
+    distiller: str = _opt("kd", "how the student / pruned model learns from the teacher")
+    ratio: float = _opt(0.5, "fraction removed by pruning, in (0, 1)")
+    ratio_of: str = _opt("channels", "what --ratio counts", choices=("channels", "params", "macs"))
+    num_images: int = _opt(1024, "number of synthetic images")
+    batch_size: int = _opt(256, "synthesis batch size (BatchNorm statistics are matched per batch)")
+    labels: str = _opt("balanced", "target labels: balanced, random, or a comma list of class indices")
+    iterations: Optional[int] = _opt(None, "synthesis iterations per batch (default: the synthesizer's own)")
+    epochs: Optional[int] = _opt(None, "training epochs of the distiller (default: the task's own)")
+    synthetic: Optional[str] = _opt(None, "reuse a synthetic data set directory instead of synthesizing")
+    eval_data: Optional[str] = _opt(None, "real evaluation data: a folder, a .tar.gz, digits, cifar10:PATH")
+    device: str = _opt("auto", "auto, cpu, cuda, cuda:N, mps")
+    precision: str = _opt("32-true", "numeric precision", choices=("32-true", "bf16-mixed", "16-mixed"))
+    seed: int = _opt(0, "random seed (runs are reproducible on the same machine)")
+    out: Optional[str] = _opt(None, "run directory (default: runs/<time>-<synth>-<task>)")
+    synth_options: dict = field(default_factory=dict, metadata={"help": "synthesizer options (key=value)"})
+    distill_options: dict = field(default_factory=dict, metadata={"help": "distiller options (key=value)"})
+    prune_options: dict = field(default_factory=dict, metadata={"help": "pruner options (key=value)"})
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.ratio < 1.0:
+            raise ConfigError(f"--ratio must be in (0, 1), got {self.ratio}")
+        if self.num_images < 1:
+            raise ConfigError(f"--num-images must be at least 1, got {self.num_images}")
+        if self.batch_size < 1:
+            raise ConfigError(f"--batch-size must be at least 1, got {self.batch_size}")
+        if self.iterations is not None and self.iterations < 1:
+            raise ConfigError(f"--iterations must be at least 1, got {self.iterations}")
+        if self.epochs is not None and self.epochs < 0:
+            raise ConfigError(f"--epochs must be at least 0, got {self.epochs}")
+
+    def to_dict(self) -> dict:
+        data = {k: v for k, v in as_dict(self).items() if k not in COMPONENT_TABLES}
+        for table in COMPONENT_TABLES:
+            data[table] = dict(getattr(self, table))
+        return data
+
+    def to_toml(self) -> str:
+        return to_toml(self.to_dict())
+
+
+SCALAR_FIELDS = [o for o in options_of(RunConfig) if o.name not in COMPONENT_TABLES]
+
+
+def read_config_file(path: str | Path) -> dict:
+    """Read a TOML run configuration; unknown keys and wrong types are a ConfigError listing the valid keys."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    valid = {f.name for f in fields(RunConfig)}
+    unknown = sorted(set(data) - valid)
+    if unknown:
+        raise ConfigError(f"config file {path}: unknown key(s) {', '.join(unknown)}; valid: {', '.join(sorted(valid))}")
+    for table in COMPONENT_TABLES:
+        if table in data and not isinstance(data[table], dict):
+            raise ConfigError(f"config file {path}: [{table}] must be a table of key = value")
+    return data
+
+
+def make_run_config(*layers: dict) -> RunConfig:
+    """Merge layers (lowest precedence first): scalars replace, component option tables merge key by key."""
+    merged: dict[str, Any] = {}
+    tables: dict[str, dict] = {t: {} for t in COMPONENT_TABLES}
+    for layer in layers:
+        for key, value in layer.items():
+            if key in COMPONENT_TABLES:
+                tables[key].update(value or {})
+            elif value is not None:
+                merged[key] = value
+    config = build(RunConfig, merged, owner="run")
+    return replace(config, **tables)

@@ -1,0 +1,213 @@
+"""A run: its directory, configuration, teacher, components, stages and metrics. Tasks drive it."""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import platform
+import time
+from dataclasses import replace
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+from torch import nn
+
+from . import options as opts
+from ._version import __version__
+from .components import Component, Teacher
+from .config import RunConfig
+from .context import RunContext, resolve_device
+from .errors import ConfigError, DFCompressError
+from .io import DirectoryLock, atomic_write_text
+from .registry import Registry
+
+logger = logging.getLogger(__name__)
+
+
+def default_out_dir(config: RunConfig) -> Path:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    base = Path("runs") / f"{stamp}-{config.synth}-{config.task}"
+    path, n = base, 1
+    while path.exists():
+        n += 1
+        path = base.with_name(f"{base.name}-{n}")
+    return path
+
+
+def environment() -> dict:
+    import importlib.metadata as md
+
+    versions = {}
+    for package in ("torch", "torchvision", "timm", "torch-pruning", "numpy", "pluggy"):
+        try:
+            versions[package] = md.version(package)
+        except md.PackageNotFoundError:
+            versions[package] = None
+    return {
+        "dfcompress": __version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "torch_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        **versions,
+    }
+
+
+class Run:
+    """Everything a task needs: config, context (device, seed), registry, run directory, teacher, metrics."""
+
+    def __init__(self, config: RunConfig, registry: Registry, *, quiet: bool = False, out_dir: Path | None = None) -> None:
+        self.config = config
+        self.registry = registry
+        self.out_dir = Path(out_dir or config.out or default_out_dir(config))
+        self.ctx = RunContext(
+            device=resolve_device(config.device), precision=config.precision, seed=config.seed,
+            out_dir=self.out_dir, quiet=quiet,
+        )
+        self.metrics: dict[str, Any] = {}
+        self.timings: dict[str, float] = {}
+        self.artifacts: dict[str, str] = {}
+        self._teacher: Teacher | None = None
+        self._eval_data: Any = None
+        self._lock = DirectoryLock(self.out_dir)
+        self._log_handler: logging.Handler | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+    def __enter__(self) -> "Run":
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self._lock.acquire()
+        self._log_handler = logging.FileHandler(self.out_dir / "log.txt", encoding="utf-8")
+        self._log_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        logging.getLogger("dfcompress").addHandler(self._log_handler)
+        atomic_write_text(self.out_dir / "config.toml", self.config.to_toml())
+        atomic_write_text(self.out_dir / "env.json", json.dumps(environment(), indent=1))
+        torch.manual_seed(self.config.seed)
+        logger.info("run %s: %s", self.out_dir, json.dumps(self.config.to_dict(), default=str))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._log_handler is not None:
+            logging.getLogger("dfcompress").removeHandler(self._log_handler)
+            self._log_handler.close()
+        self._lock.release()
+
+    @contextlib.contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        """Time a stage; its seconds go into the report."""
+        logger.info("stage %s started", name)
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[name] = round(self.timings.get(name, 0.0) + time.perf_counter() - start, 2)
+            logger.info("stage %s took %.1f s", name, self.timings[name])
+
+    # -- components ----------------------------------------------------------------------------------
+    def component(self, kind: str, name: str, options: dict, defaults: dict | None = None) -> Component:
+        """Instantiate a registered component with its options (defaults < task defaults < user options)."""
+        cls = self.registry.get(kind, name)
+        values = {k: v for k, v in (defaults or {}).items() if k in {o.name for o in opts.options_of(cls.Config)}}
+        values.update(options)
+        config = opts.build(cls.Config, values, owner=f"{kind[:-1]} {name}")
+        return cls(config, self.ctx)
+
+    def synthesizer(self) -> Any:
+        overrides = {}
+        if self.config.iterations is not None:
+            if "iterations" not in {o.name for o in opts.options_of(self.registry.get("synthesizers", self.config.synth).Config)}:
+                raise ConfigError(f"synthesizer {self.config.synth} has no iterations; drop --iterations")
+            overrides["iterations"] = self.config.iterations
+        return self.component("synthesizers", self.config.synth, {**overrides, **self.config.synth_options})
+
+    def distiller(self, defaults: dict | None = None) -> Any:
+        options = dict(self.config.distill_options)
+        if self.config.epochs is not None:
+            options.setdefault("epochs", self.config.epochs)
+        return self.component("distillers", self.config.distiller, options, defaults)
+
+    def pruner(self) -> Any:
+        return self.component("pruners", self.config.pruner, self.config.prune_options)
+
+    # -- models and data ---------------------------------------------------------------------------
+    @property
+    def teacher(self) -> Teacher:
+        if self._teacher is None:
+            from .models import load_teacher
+
+            with self.stage("load teacher"):
+                self._teacher = load_teacher(
+                    self.config.teacher, weights=self.config.weights, trust_weights=self.config.trust_weights,
+                    device=self.ctx.device,
+                )
+        return self._teacher
+
+    def build_model(self, spec: str) -> nn.Module:
+        """A randomly initialised model for the teacher's classes and input, on the run's device."""
+        from .models import create_model
+
+        model, spec_input = create_model(spec, num_classes=self.teacher.input.num_classes,
+                                         image_size=self.teacher.input.image_size)
+        if spec_input.channels != self.teacher.input.channels:
+            raise ConfigError(
+                f"student {spec} takes {spec_input.channels} input channels, the teacher {self.teacher.input.channels}"
+            )
+        return model.to(self.ctx.device)
+
+    @property
+    def eval_data(self) -> Any:
+        """Real evaluation data (``--eval-data`` or the teacher source's default), or None."""
+        if self._eval_data is None:
+            spec = self.config.eval_data
+            if spec is None:
+                from .models import default_eval_data
+
+                spec = default_eval_data(self.config.teacher)
+            if spec is None:
+                return None
+            from .datasets import load_data
+
+            with self.stage("load eval data"):
+                self._eval_data = load_data(spec, self.teacher.input)
+        return self._eval_data
+
+    def synthetic_data(self, synth: Any = None, student: nn.Module | None = None, directory: Path | None = None) -> Any:
+        """The synthetic data set: ``--synthetic DIR`` when given, else synthesized into the run directory."""
+        from . import synthdata
+        from .synthesis import open_writer, run_synthesis
+
+        if self.config.synthetic:
+            data = synthdata.load(self.config.synthetic)
+            self._check_synthetic(data)
+            self.artifacts["synthetic"] = str(self.config.synthetic)
+            return data
+        synth = synth if synth is not None else self.synthesizer()
+        directory = directory or self.out_dir / "synthetic"
+        writer = open_writer(directory, self.teacher, synth, num_images=self.config.num_images,
+                             batch_size=self.config.batch_size, seed=self.config.seed, labels=self.config.labels)
+        with self.stage("synthesize"):
+            synth.setup(self.teacher)
+            try:
+                run_synthesis(synth, self.teacher, writer, self.ctx, labels=self.config.labels, student=student)
+            finally:
+                synth.close()
+        self.artifacts["synthetic"] = str(directory)
+        return synthdata.load(directory)
+
+    def _check_synthetic(self, data: Any) -> None:
+        expected = list(self.teacher.input.as_dict()["image_size"])
+        shape = list(data.images.shape[1:])
+        if shape != [self.teacher.input.channels, *expected]:
+            raise DFCompressError(
+                f"synthetic data set {self.config.synthetic} has images of shape {shape}, the teacher takes "
+                f"{[self.teacher.input.channels, *expected]}"
+            )
+
+    def write_json(self, name: str, data: dict) -> Path:
+        return atomic_write_text(self.out_dir / name, json.dumps(data, indent=1, default=str))
+
+
+def with_overrides(config: RunConfig, **changes: Any) -> RunConfig:
+    return replace(config, **changes)

@@ -1,0 +1,95 @@
+"""The synthesis driver: runs a synthesizer shard by shard into a resumable data set on disk."""
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from .components import Synthesizer, Teacher
+from .context import RunContext
+from .errors import Interrupted
+from .synthdata import ShardPlan, SyntheticWriter
+
+logger = logging.getLogger(__name__)
+
+
+@torch.no_grad()
+def teacher_confidence(teacher: Teacher, images: torch.Tensor, labels: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """The teacher's softmax probability of each image's target label (images in pixel space)."""
+    x = teacher.input.normalize(images.to(device).float())
+    probs = teacher.model(x).float().softmax(dim=1)
+    return probs.gather(1, labels.to(device).view(-1, 1)).squeeze(1).cpu()
+
+
+def run_synthesis(
+    synth: Synthesizer,
+    teacher: Teacher,
+    writer: SyntheticWriter,
+    ctx: RunContext,
+    *,
+    labels: str = "balanced",
+    student: nn.Module | None = None,
+    max_shards: int | None = None,
+    on_shard: Callable[[ShardPlan, dict], None] | None = None,
+) -> int:
+    """Synthesize the pending shards of ``writer`` (at most ``max_shards``); return how many were written.
+
+    Each shard draws its labels and every random number from its own seed. On SIGINT/SIGTERM the shard in
+    progress is dropped and :class:`Interrupted` is raised; finished shards stay on disk."""
+    from .synth import make_labels
+
+    pending = writer.pending()[:max_shards]
+    if not pending:
+        return 0
+    written = 0
+    bar = ctx.progress(total=len(pending), desc=f"synthesize ({synth.name})")
+    try:
+        for plan in pending:
+            generator = ctx.generator(plan.seed)
+            label_gen = torch.Generator().manual_seed(plan.seed)
+            targets = make_labels(plan.count, teacher.input.num_classes, labels, label_gen).to(ctx.device)
+            start = time.perf_counter()
+            batch = synth.synthesize_batch(targets, generator=generator, student=student)
+            if ctx.stop_requested:
+                raise Interrupted(f"synthesis interrupted during shard {plan.index}; {plan.index} shard(s) kept")
+            metrics = dict(batch.metrics)
+            metrics.setdefault("seconds", time.perf_counter() - start)
+            confidence = teacher_confidence(teacher, batch.images, batch.labels, ctx.device)
+            writer.add(plan, batch.images, batch.labels, confidence=confidence, metrics=metrics)
+            written += 1
+            bar.update(1)
+            bar.set_postfix({k: f"{v:.3g}" for k, v in metrics.items() if k in ("loss", "teacher_acc")})
+            logger.info(
+                "shard %d/%d: %d images in %.1f s, %s", plan.index + 1, len(writer.plan()), plan.count,
+                metrics["seconds"], ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, float)),
+            )
+            if on_shard is not None:
+                on_shard(plan, metrics)
+    finally:
+        bar.close()
+    return written
+
+
+def synthesis_request(teacher: Teacher, synth: Synthesizer, labels: str) -> dict:
+    """What defines a synthetic data set's content, for its manifest and resume check."""
+    from .options import as_dict
+
+    return {
+        "teacher": teacher.spec,
+        "input": teacher.input.as_dict(),
+        "synth": synth.name,
+        "synth_options": as_dict(synth.config),
+        "labels": labels,
+    }
+
+
+def open_writer(directory: Path, teacher: Teacher, synth: Synthesizer, *, num_images: int, batch_size: int,
+                seed: int, labels: str, extra: dict | None = None) -> SyntheticWriter:
+    request = synthesis_request(teacher, synth, labels)
+    if extra:
+        request.update(extra)
+    return SyntheticWriter(directory, request, num_images=num_images, batch_size=batch_size, seed=seed)

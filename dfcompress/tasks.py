@@ -1,0 +1,198 @@
+"""The built-in tasks: distill a student, or prune the teacher and fine-tune it, on synthetic images."""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import logging
+import math
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from .components import Task
+from .pipeline import Run
+
+logger = logging.getLogger(__name__)
+
+
+def _train_copy(model: nn.Module) -> nn.Module:
+    """A trainable copy of a frozen model."""
+    model = copy.deepcopy(model)
+    for p in model.parameters():
+        p.requires_grad_(True)
+    return model
+
+
+def evaluate_model(run: Run, name: str, model: nn.Module, *, reference: nn.Module | None = None) -> dict[str, Any]:
+    """Size, MACs and CPU latency always; accuracy (and agreement with ``reference``) on real data if any."""
+    from . import evaluate as ev
+
+    spec = run.teacher.input
+    model.eval()
+    result: dict[str, Any] = {
+        "params": ev.count_params(model),
+        "macs": ev.count_macs(model, spec),
+        "latency_b1_ms": round(1000 * ev.latency(model, spec, batch_size=1), 3),
+        "latency_b64_ms": round(1000 * ev.latency(model, spec, batch_size=64), 3),
+    }
+    data = run.eval_data
+    if data is not None:
+        result.update(ev.accuracy(model, data.images, data.labels, spec, device=run.ctx.device))
+        if reference is not None:
+            result["agreement"] = round(ev.agreement(model, reference, data.images, spec, device=run.ctx.device), 4)
+    run.metrics.setdefault("models", {})[name] = result
+    logger.info("%s: %s", name, result)
+    return result
+
+
+def assess_synthetic(run: Run, data: Any) -> None:
+    """Quality of the synthetic set, without real data and, when there is some, against it."""
+    from . import evaluate as ev
+
+    with run.stage("assess synthetic"):
+        quality = ev.synthetic_quality(run.teacher, data.images, data.labels, device=run.ctx.device)
+        real = run.eval_data
+        if real is not None:
+            quality["feature_fd"] = ev.feature_frechet_distance(
+                run.teacher, data.images, real.images, device=run.ctx.device
+            )
+    quality["num_images"] = len(data)
+    run.metrics["synthetic"] = quality
+    _save_grid(run, data)
+
+
+def _save_grid(run: Run, data: Any, per_class: int = 8) -> None:
+    from torchvision.utils import save_image
+
+    picks = []
+    for c in range(run.teacher.input.num_classes):
+        idx = (data.labels == c).nonzero().flatten()[:per_class]
+        picks.append(idx)
+    idx = torch.cat(picks)
+    if idx.numel() == 0:
+        return
+    path = run.out_dir / "images" / "synthetic-grid.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_image(data.images[idx].float() / 255, str(path), nrow=per_class, padding=1)
+    run.artifacts["grid"] = str(path.relative_to(run.out_dir))
+
+
+def _uses_competition(synth: Any) -> bool:
+    return float(getattr(synth.config, "adi_scale", 0.0) or 0.0) > 0
+
+
+class DistillTask(Task):
+    name = "distill"
+    summary = "synthesize, distill a student from the teacher, evaluate"
+    distill_defaults: ClassVar[dict] = {}
+
+    def run(self, run: Run) -> dict[str, Any]:
+        teacher = run.teacher
+        student_spec = run.config.student or run.config.teacher
+        student = run.build_model(student_spec)
+        run.metrics["student"] = student_spec
+        distiller = run.distiller(self.distill_defaults)
+        synth = None if run.config.synthetic else run.synthesizer()
+        checkpoint = run.out_dir / "checkpoints" / "distill.pt"
+        if synth is not None and _uses_competition(synth):
+            data = self._alternate(run, synth, student, distiller)
+        else:
+            data = run.synthetic_data(synth)
+            assess_synthetic(run, data)
+            with run.stage("distill"):
+                run.metrics["distill"] = distiller.fit(student, teacher, data.images, data.labels, checkpoint=checkpoint)
+        if "synthetic" not in run.metrics:
+            assess_synthetic(run, data)
+        with run.stage("evaluate"):
+            evaluate_model(run, "teacher", teacher.model)
+            evaluate_model(run, "student", student, reference=teacher.model)
+        path = run.out_dir / "student.pt"
+        from .models import save_model
+
+        save_model(student, path, spec=student_spec, input_spec=teacher.input)
+        run.artifacts["model"] = path.name
+        return run.metrics
+
+    def _alternate(self, run: Run, synth: Any, student: nn.Module, distiller: Any) -> Any:
+        """ADI: synthesize each batch against the current student, then distill on the growing pool.
+
+        The distiller's epochs are spread over the rounds (ceil(epochs / rounds) each)."""
+        from . import synthdata
+        from .synthesis import open_writer, run_synthesis
+
+        directory = run.out_dir / "synthetic"
+        writer = open_writer(directory, run.teacher, synth, num_images=run.config.num_images,
+                             batch_size=run.config.batch_size, seed=run.config.seed, labels=run.config.labels,
+                             extra={"adi_alternation": True})
+        rounds = len(writer.plan())
+        epochs = getattr(distiller.config, "epochs", 1)
+        per_round = max(1, math.ceil(epochs / rounds))
+        round_distiller = type(distiller)(dataclasses.replace(distiller.config, epochs=per_round), run.ctx)
+        synth.setup(run.teacher)
+        try:
+            for plan in writer.plan():
+                student.eval()
+                if plan.index in {p.index for p in writer.pending()}:
+                    with run.stage("synthesize"):
+                        run_synthesis(synth, run.teacher, writer, run.ctx, labels=run.config.labels,
+                                      student=student, max_shards=1)
+                pool = synthdata.load(directory, require_complete=False)
+                with run.stage("distill"):
+                    run.metrics["distill"] = round_distiller.fit(
+                        student, run.teacher, pool.images, pool.labels,
+                        checkpoint=run.out_dir / "checkpoints" / f"distill-round{plan.index:03d}.pt",
+                    )
+        finally:
+            synth.close()
+        run.metrics["adi_rounds"] = rounds
+        return synthdata.load(directory)
+
+
+class PruneTask(Task):
+    name = "prune"
+    summary = "synthesize, prune the teacher, fine-tune it by distillation, evaluate"
+    #: NaturalInversion's pruning study fine-tunes 20 epochs with SGD at lr 0.001
+    distill_defaults: ClassVar[dict] = {"epochs": 20, "lr": 0.001}
+
+    def run(self, run: Run) -> dict[str, Any]:
+        teacher = run.teacher
+        data = run.synthetic_data()
+        assess_synthetic(run, data)
+        pruner = run.pruner()
+        model = _train_copy(teacher.model)
+        batches = None
+        if getattr(pruner, "needs_data", False):
+            batches = list(_batches(run, data, batch_size=min(64, len(data)), limit=4))
+        with run.stage("prune"):
+            result = pruner.prune(model, teacher.input, ratio=run.config.ratio, ratio_of=run.config.ratio_of,
+                                  batches=batches)
+        pruned = result.model
+        run.metrics["prune"] = {"pruner": pruner.name, "ratio": run.config.ratio, "ratio_of": run.config.ratio_of,
+                                **result.as_dict()}
+        with run.stage("evaluate"):
+            evaluate_model(run, "teacher", teacher.model)
+            evaluate_model(run, "pruned", copy.deepcopy(pruned), reference=teacher.model)
+        distiller = run.distiller(self.distill_defaults)
+        with run.stage("fine-tune"):
+            pruned.train()
+            run.metrics["distill"] = distiller.fit(pruned, teacher, data.images, data.labels,
+                                                   checkpoint=run.out_dir / "checkpoints" / "finetune.pt")
+        with run.stage("evaluate"):
+            evaluate_model(run, "final", pruned, reference=teacher.model)
+        from .prune import save_pruned
+
+        path = run.out_dir / "pruned.pt"
+        save_pruned(pruned, path)
+        run.artifacts["model"] = path.name
+        return run.metrics
+
+
+def _batches(run: Run, data: Any, *, batch_size: int, limit: int):
+    """Normalised (images, labels) batches of the synthetic set for data-driven pruning criteria."""
+    generator = torch.Generator().manual_seed(run.config.seed)
+    order = torch.randperm(len(data), generator=generator)
+    for i in range(min(limit, math.ceil(len(data) / batch_size))):
+        idx = order[i * batch_size:(i + 1) * batch_size]
+        images = run.teacher.input.normalize(data.images[idx].float().div(255)).to(run.ctx.device)
+        yield images, data.labels[idx].to(run.ctx.device)
