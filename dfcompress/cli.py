@@ -285,14 +285,19 @@ def export(directory: str, out: str) -> None:
 
 
 def build_cli() -> click.Group:
-    """The CLI with the sub-commands that plugins add through ``register_commands``."""
-    from .plugins import get_plugin_manager
+    """The CLI with the sub-commands that plugins add through ``register_commands`` (one plugin at a time,
+    so that a broken plugin costs only its own commands)."""
+    from .plugins import get_plugin_manager, strict
 
     pm = get_plugin_manager()
-    try:
-        pm.hook.register_commands(cli=cli)
-    except Exception as exc:  # a plugin's command must not break the CLI
-        logger.warning("a plugin failed to add its commands: %s: %s", type(exc).__name__, exc)
+    for impl in reversed(pm.hook.register_commands.get_hookimpls()):
+        try:
+            impl.function(cli)
+        except Exception as exc:
+            package = pm.dists.get(impl.plugin_name, (impl.plugin_name, ""))[0]
+            if strict():
+                raise DFCompressError(f"plugin {package} failed to add its commands: {exc}") from exc
+            logger.warning("skipping the commands of plugin %s: %s: %s", package, type(exc).__name__, exc)
     return cli
 
 

@@ -78,6 +78,17 @@ def _save_grid(run: Run, data: Any, per_class: int = 8) -> None:
     run.artifacts["grid"] = str(path.relative_to(run.out_dir))
 
 
+def save_student(run: Run, model: nn.Module, spec: str) -> str:
+    """Save a trained model as a state dict with its spec: it reloads as ``--teacher SPEC --weights FILE``."""
+    from .io import atomic_write
+
+    path = run.out_dir / "student.pt"
+    state = {"spec": spec, "input": run.teacher.input.as_dict(),
+             "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
+    return path.name
+
+
 def _uses_competition(synth: Any) -> bool:
     return float(getattr(synth.config, "adi_scale", 0.0) or 0.0) > 0
 
@@ -107,11 +118,7 @@ class DistillTask(Task):
         with run.stage("evaluate"):
             evaluate_model(run, "teacher", teacher.model)
             evaluate_model(run, "student", student, reference=teacher.model)
-        path = run.out_dir / "student.pt"
-        from .models import save_model
-
-        save_model(student, path, spec=student_spec, input_spec=teacher.input)
-        run.artifacts["model"] = path.name
+        run.artifacts["model"] = save_student(run, student, student_spec)
         return run.metrics
 
     def _alternate(self, run: Run, synth: Any, student: nn.Module, distiller: Any) -> Any:
