@@ -290,9 +290,9 @@ def build_cli() -> click.Group:
     from .plugins import get_plugin_manager, strict
 
     pm = get_plugin_manager()
-    for impl in reversed(pm.hook.register_commands.get_hookimpls()):
+    for impl in pm.hook.register_commands.get_hookimpls():
         try:
-            impl.function(cli)
+            impl.function(**{arg: cli for arg in impl.argnames})
         except Exception as exc:
             package = pm.dists.get(impl.plugin_name, (impl.plugin_name, ""))[0]
             if strict():

@@ -62,14 +62,22 @@ def get_plugin_manager(load_entrypoints: bool = True) -> PluginManager:
         allow = os.environ.get("DFCOMPRESS_LOAD_PLUGINS")
         allowed = None if allow is None else {s.strip() for s in allow.split(",") if s.strip()}
         for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
-            if allowed is not None and ep.name not in allowed:
-                continue
             dist = getattr(ep, "dist", None)
             package = dist.name if dist else ep.value
             version = dist.version if dist else ""
+            if allowed is not None and ep.name not in allowed and package not in allowed:
+                continue
+            if ep.name in pm.dists:
+                _fail(package, f"entry point name '{ep.name}' is already used by {pm.dists[ep.name][0]}",
+                      pm.load_errors)
+                continue
             try:
                 module = ep.load()
                 pm.register(module, name=ep.name)
+                unknown = sorted(h.name for h in pm.get_hookcallers(module) or [] if not h.has_spec())
+                if unknown:
+                    pm.unregister(module)
+                    raise DFCompressError(f"unknown hook(s) {', '.join(unknown)}")
             except Exception as exc:
                 _fail(package, f"failed to load: {type(exc).__name__}: {exc}", pm.load_errors)
                 continue
@@ -86,13 +94,14 @@ def build_registry(pm: PluginManager) -> Registry:
     broken: set[str] = set()
     for kind in KINDS:
         hook = getattr(pm.hook, f"register_{kind}")
-        for impl in reversed(hook.get_hookimpls()):  # registration order
+        for impl in hook.get_hookimpls():
             plugin = impl.plugin_name
             if plugin in broken:
                 continue
             package, version = pm.dists.get(plugin, (plugin, ""))
             try:
-                impl.function(registry.registrar(kind, plugin, package, version))
+                register = registry.registrar(kind, plugin, package, version)
+                impl.function(**{arg: register for arg in impl.argnames})
             except Exception as exc:
                 for entries in registry.entries.values():  # drop all the broken plugin registered
                     entries[:] = [e for e in entries if e.plugin != plugin]

@@ -80,6 +80,11 @@ class Registry:
                 name = getattr(target, "name", None)
             if not name or not isinstance(name, str):
                 raise DFCompressError(f"plugin {plugin} registered a {_SINGULAR[kind]} without a name")
+            aliases = tuple(aliases)
+            taken = {n for e in self.entries[kind] if e.plugin == plugin for n in (e.name, *e.aliases)}
+            twice = sorted(taken & {name, *aliases})
+            if twice:
+                raise DFCompressError(f"plugin {plugin} registered {kind} name(s) {', '.join(twice)} twice")
             if not summary and not isinstance(target, str):
                 summary = getattr(target, "summary", "") or ""
             self.entries[kind].append(
@@ -103,7 +108,8 @@ class Registry:
         ]
         if not candidates:
             known = self.names(kind)
-            close = difflib.get_close_matches(bare, known, n=1)
+            every = known + [a for e in self.entries[kind] for a in e.aliases]
+            close = difflib.get_close_matches(bare, every, n=1)
             hint = f" Did you mean '{close[0]}'?" if close else ""
             raise UnknownComponentError(
                 f"unknown {_SINGULAR[kind]} '{name}'.{hint} Known: {', '.join(known) or '(none)'}"
