@@ -190,7 +190,7 @@ class PruneTask(Task):
         from .prune import save_pruned
 
         path = run.out_dir / "pruned.pt"
-        save_pruned(pruned, path)
+        save_pruned(pruned, path, arch=run.config.teacher, input_spec=teacher.input)
         run.artifacts["model"] = path.name
         return run.metrics
 
