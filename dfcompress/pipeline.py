@@ -79,6 +79,13 @@ class Run:
     def __enter__(self) -> "Run":
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self._lock.acquire()
+        previous = self.out_dir / "config.toml"
+        if previous.exists() and previous.read_text(encoding="utf-8") != self.config.to_toml():
+            self._lock.release()
+            raise DFCompressError(
+                f"{self.out_dir} holds another run (its config.toml differs); continue it with "
+                f"dfcompress run --resume {self.out_dir}, or choose another --out"
+            )
         self._log_handler = logging.FileHandler(self.out_dir / "log.txt", encoding="utf-8")
         self._log_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         logging.getLogger("dfcompress").addHandler(self._log_handler)

@@ -32,6 +32,7 @@ DEFAULT_PLUGINS = (
     "dfcompress.default_plugins.teachers",
     "dfcompress.default_plugins.datasets",
     "dfcompress.default_plugins.commands",
+    "dfcompress.default_plugins.bench_commands",
 )
 
 

@@ -1,0 +1,543 @@
+"""Suite files: one TOML file per leaderboard, expanded into cells (one ``dfcompress run`` each). Torch-free.
+
+A suite is a grid: every *method* (a synthesizer with its options, or a reference: real images, the teacher)
+times every *task* (distill, prune at a ratio, ...) times every *budget* (iterations per batch, or equal wall
+clock time) times every *model* pair (optional) times every *seed*. Layout::
+
+    [suite]         name, description, requires (paths every cell needs), seeds, notes,
+                    reference = {file, setting, budget} (reference-code rows), published (paper numbers)
+    [vars]          NAME = "value" | {env = "VAR", default = "value"}; used as ${NAME} in any string
+    [run]           RunConfig fields shared by every cell (plus [run.synth_options] ...)
+    [models.ID]     optional teacher/student pairs (RunConfig fields, label, requires)
+    [budgets.ID]    label, iterations = N | equal_time = {method, iterations}, calibration = {from_budget, probe_iterations}
+    [methods.ID]    label, kind = "synthetic" | "real" | "teacher", budgets = [...], tasks = [...], requires,
+                    note, real_images, and RunConfig fields (synth, synth_options, synthetic, ...)
+    [tasks.ID]      label, reuse_synthetic_from = "TASK-ID", and RunConfig fields (task, student, ratio, ...)
+    [prerequisites.ID]  label, command = ["stats", "collect", ...] (a dfcompress command), out, requires
+
+Strings may use ``${NAME}`` (a var), ``${prereq:ID}`` (the output path of a prerequisite), ``${results}`` (the
+suite's results directory) and, in a prerequisite, ``${out}``. Paths are relative to the repository root
+(the directory holding ``benchmarks/``); every command runs there.
+
+Cell ids are ``<method>--<task>[--<budget>][--<model>]--s<seed>``: stable as long as the table keys are.
+"""
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import json
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from ..config import COMPONENT_TABLES, RunConfig
+from ..errors import ConfigError
+
+RUN_FIELDS = {f.name for f in fields(RunConfig)}
+KINDS = ("synthetic", "real", "teacher")
+SUITE_KEYS = {"name", "description", "requires", "seeds", "notes", "reference", "published"}
+MODEL_META = {"label", "requires"}
+BUDGET_KEYS = {"label", "iterations", "equal_time", "calibration"}
+METHOD_META = {"label", "kind", "budgets", "tasks", "requires", "note", "real_images"}
+TASK_META = {"label", "reuse_synthetic_from"}
+PREREQ_KEYS = {"label", "command", "out", "requires"}
+_VAR = re.compile(r"\$\{([^}]*)\}")
+
+
+class SuiteError(ConfigError):
+    """A suite file is malformed or inconsistent."""
+
+
+@dataclass
+class Budget:
+    id: str
+    label: str
+    iterations: int | None = None
+    #: ``(method id, iterations)``: every method gets the time that method needs for that many iterations
+    equal_time: tuple[str, int] | None = None
+    calibrate_from: str | None = None
+    probe_iterations: int = 20
+
+
+@dataclass
+class Prerequisite:
+    id: str
+    label: str
+    command: list[str]
+    out: str  # relative to the repository root
+    requires: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)  # unresolved vars
+
+
+@dataclass
+class Cell:
+    id: str
+    suite: str
+    method: str
+    method_label: str
+    kind: str
+    task: str
+    task_label: str
+    budget: Budget | None
+    model: str | None
+    seed: int
+    #: RunConfig values (component option tables included), without ``out`` and budget iterations
+    config: dict
+    depends_on: str | None = None
+    prerequisites: list[str] = field(default_factory=list)
+    requires: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)  # unresolved vars
+    note: str = ""
+    real_images: int = 0
+
+    @property
+    def budget_id(self) -> str:
+        return self.budget.id if self.budget else ""
+
+    def config_hash(self, iterations: int | None = None) -> str:
+        """A short hash of the cell's setting (what the run computes, not where it writes)."""
+        data = dict(self.config)
+        if iterations is not None:
+            data["iterations"] = iterations
+        data.pop("out", None)
+        return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+@dataclass
+class Suite:
+    name: str
+    path: Path
+    root: Path
+    description: str
+    seeds: list[int]
+    notes: list[str]
+    requires: list[str]
+    vars: dict[str, str]
+    budgets: dict[str, Budget]
+    prerequisites: dict[str, Prerequisite]
+    cells: list[Cell]
+    #: (method id, label, model id) of "teacher" reference rows, filled from finished cells
+    teacher_rows: list[tuple[str, str, str | None]]
+    reference: dict | None
+    published: dict
+    labels: dict[str, dict[str, str]]  # "methods" / "tasks" / "budgets" / "models" -> id -> label
+
+    @property
+    def results_dir(self) -> Path:
+        return self.root / "benchmarks" / "results" / self.name
+
+    def cell(self, cell_id: str) -> Cell:
+        for c in self.cells:
+            if c.id == cell_id:
+                return c
+        raise SuiteError(f"suite {self.name} has no cell {cell_id}")
+
+    def select(self, patterns: tuple[str, ...] | list[str] = ()) -> list[Cell]:
+        """The cells matching any pattern (a glob on the cell id, or a substring), plus the cells they
+        depend on, in run order."""
+        if not patterns:
+            return list(self.cells)
+        chosen = {c.id for c in self.cells if any(_match(c.id, p) for p in patterns)}
+        if not chosen:
+            raise SuiteError(f"--only {' '.join(patterns)} matches no cell of suite {self.name}")
+        added = True
+        while added:
+            added = False
+            for c in self.cells:
+                if c.id in chosen and c.depends_on and c.depends_on not in chosen:
+                    chosen.add(c.depends_on)
+                    added = True
+        return [c for c in self.cells if c.id in chosen]
+
+    def missing_requirements(self, cell: Cell) -> str | None:
+        """Why ``cell`` cannot run here (a missing path or an unset variable), or None."""
+        if cell.missing:
+            return "; ".join(cell.missing)
+        for req in [*self.requires, *cell.requires]:
+            if not (self.root / req).exists():
+                return f"needs {req}, which is absent"
+        for prereq_id in cell.prerequisites:
+            prereq = self.prerequisites[prereq_id]
+            if prereq.missing:
+                return f"prerequisite {prereq_id}: " + "; ".join(prereq.missing)
+            for req in prereq.requires:
+                if not (self.root / req).exists():
+                    return f"prerequisite {prereq_id} needs {req}, which is absent"
+        return None
+
+
+def _match(cell_id: str, pattern: str) -> bool:
+    if any(ch in pattern for ch in "*?["):
+        return fnmatch.fnmatchcase(cell_id, pattern)
+    return pattern in cell_id
+
+
+def find_root(path: Path) -> Path:
+    """The repository root of a suite file: the parent of ``benchmarks/`` (``benchmarks/suites/x.toml``), else
+    the current directory."""
+    path = path.resolve()
+    for parent in path.parents:
+        if parent.name == "benchmarks":
+            return parent.parent
+    return Path.cwd()
+
+
+# --- variables -------------------------------------------------------------------------------------------
+
+
+class _Expander:
+    def __init__(self, values: dict[str, str], unresolved: dict[str, str], builtins: dict[str, str],
+                 prereq_outs: dict[str, str]) -> None:
+        self.values, self.unresolved, self.builtins, self.prereq_outs = values, unresolved, builtins, prereq_outs
+
+    def expand(self, value: Any, where: str, missing: list[str], prereqs: list[str], extra: dict | None = None) -> Any:
+        if isinstance(value, dict):
+            return {k: self.expand(v, where, missing, prereqs, extra) for k, v in value.items()}
+        if isinstance(value, list):
+            return [self.expand(v, where, missing, prereqs, extra) for v in value]
+        if not isinstance(value, str):
+            return value
+
+        def replace(match: re.Match) -> str:
+            name = match.group(1).strip()
+            if name.startswith("prereq:"):
+                pid = name.partition(":")[2].strip()
+                if pid not in self.prereq_outs:
+                    raise SuiteError(f"{where}: ${{{name}}} names no [prerequisites.{pid}]")
+                if pid not in prereqs:
+                    prereqs.append(pid)
+                return self.prereq_outs[pid]
+            if extra and name in extra:
+                return extra[name]
+            if name in self.builtins:
+                return self.builtins[name]
+            if name in self.values:
+                return self.values[name]
+            if name in self.unresolved:
+                reason = self.unresolved[name]
+                if reason not in missing:
+                    missing.append(reason)
+                return f"<{name}>"
+            raise SuiteError(f"{where}: unknown variable ${{{name}}}; define it in [vars]")
+
+        return _VAR.sub(replace, value.replace("$$", "\x00")).replace("\x00", "$")
+
+
+def _vars(raw: dict, overrides: dict[str, str], path: Path) -> tuple[dict[str, str], dict[str, str]]:
+    values: dict[str, str] = {}
+    unresolved: dict[str, str] = {}
+    for name, spec in raw.items():
+        if isinstance(spec, dict):
+            unknown = set(spec) - {"env", "default", "help"}
+            if unknown or "env" not in spec:
+                raise SuiteError(f"{path}: [vars] {name} must be a string or {{env = \"VAR\", default = \"...\"}}")
+            env = os.environ.get(spec["env"])
+            if env:
+                values[name] = env
+            elif "default" in spec:
+                values[name] = str(spec["default"])
+            else:
+                hint = f" ({spec['help']})" if spec.get("help") else ""
+                unresolved[name] = f"set ${spec['env']} or --set {name}=VALUE{hint}"
+        elif isinstance(spec, (str, int, float)) and not isinstance(spec, bool):
+            values[name] = str(spec)
+        else:
+            raise SuiteError(f"{path}: [vars] {name} must be a string, a number or an env table")
+    for name, value in overrides.items():
+        if name not in raw:
+            raise SuiteError(f"--set {name}: the suite has no such variable; known: {', '.join(sorted(raw)) or '(none)'}")
+        values[name] = value
+        unresolved.pop(name, None)
+    return values, unresolved
+
+
+# --- parsing ---------------------------------------------------------------------------------------------
+
+
+def _table(data: dict, key: str, path: Path) -> dict:
+    value = data.get(key, {})
+    if not isinstance(value, dict):
+        raise SuiteError(f"{path}: [{key}] must be a table")
+    return value
+
+
+def _check_keys(table: dict, allowed: set[str], where: str) -> None:
+    unknown = sorted(set(table) - allowed)
+    if unknown:
+        raise SuiteError(f"{where}: unknown key(s) {', '.join(unknown)}; valid: {', '.join(sorted(allowed))}")
+
+
+def _run_part(table: dict, meta: set[str], where: str) -> dict:
+    _check_keys(table, RUN_FIELDS | meta, where)
+    part = {k: v for k, v in table.items() if k in RUN_FIELDS}
+    for name in COMPONENT_TABLES:
+        if name in part and not isinstance(part[name], dict):
+            raise SuiteError(f"{where}: {name} must be a table of key = value")
+    if "out" in part:
+        raise SuiteError(f"{where}: out is chosen by the runner (benchmarks/results/<suite>/<cell>)")
+    return part
+
+
+def merge(*layers: dict) -> dict:
+    """Scalars replace; component option tables merge key by key (as make_run_config does)."""
+    result: dict[str, Any] = {}
+    for layer in layers:
+        for key, value in layer.items():
+            if key in COMPONENT_TABLES:
+                result[key] = {**result.get(key, {}), **value}
+            else:
+                result[key] = value
+    return result
+
+
+def _id_ok(kind: str, key: str, path: Path) -> None:
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._+-]*", key) or "--" in key:
+        raise SuiteError(f"{path}: {kind} id {key!r} must be letters, digits, . _ + - (no '--')")
+
+
+def _budget(key: str, table: dict, path: Path) -> Budget:
+    where = f"{path}: [budgets.{key}]"
+    _check_keys(table, BUDGET_KEYS, where)
+    label = str(table.get("label", key))
+    if ("iterations" in table) == ("equal_time" in table):
+        raise SuiteError(f"{where} needs exactly one of iterations = N or equal_time = {{method, iterations}}")
+    if "iterations" in table:
+        n = table["iterations"]
+        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+            raise SuiteError(f"{where}: iterations must be a positive integer")
+        return Budget(key, label, iterations=n)
+    eq = table["equal_time"]
+    if not isinstance(eq, dict) or set(eq) != {"method", "iterations"} or not isinstance(eq["iterations"], int):
+        raise SuiteError(f"{where}: equal_time must be {{method = \"ID\", iterations = N}}")
+    calibration = table.get("calibration", {})
+    if not isinstance(calibration, dict) or set(calibration) - {"from_budget", "probe_iterations"}:
+        raise SuiteError(f"{where}: calibration must be {{from_budget = \"ID\", probe_iterations = N}}")
+    probe = calibration.get("probe_iterations", 20)
+    if not isinstance(probe, int) or probe < 2:
+        raise SuiteError(f"{where}: calibration.probe_iterations must be an integer >= 2")
+    return Budget(key, label, equal_time=(str(eq["method"]), int(eq["iterations"])),
+                  calibrate_from=calibration.get("from_budget"), probe_iterations=probe)
+
+
+def load_suite(path: str | Path, *, overrides: dict[str, str] | None = None, root: str | Path | None = None) -> Suite:
+    """Parse and check a suite file; ``overrides`` replace [vars] values (``--set NAME=VALUE``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise SuiteError(f"suite file {path} does not exist")
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise SuiteError(f"suite file {path} is not valid TOML: {exc}") from None
+    _check_keys(data, {"suite", "vars", "run", "models", "budgets", "methods", "tasks", "prerequisites"}, str(path))
+    head = _table(data, "suite", path)
+    _check_keys(head, SUITE_KEYS, f"{path}: [suite]")
+    name = str(head.get("name", path.stem))
+    _id_ok("suite", name, path)
+    root = Path(root) if root is not None else find_root(path)
+    results_rel = f"benchmarks/results/{name}"
+    seeds = head.get("seeds", [0])
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
+        raise SuiteError(f"{path}: [suite] seeds must be a non-empty list of integers")
+    values, unresolved = _vars(_table(data, "vars", path), dict(overrides or {}), path)
+
+    prereq_tables = _table(data, "prerequisites", path)
+    prereq_outs = {}
+    for key, table in prereq_tables.items():
+        _id_ok("prerequisite", key, path)
+        if not isinstance(table, dict) or "command" not in table or "out" not in table:
+            raise SuiteError(f"{path}: [prerequisites.{key}] needs command = [...] and out = \"NAME\"")
+        prereq_outs[key] = f"{results_rel}/_prereq/{table['out']}"
+    ex = _Expander(values, unresolved, {"results": results_rel}, prereq_outs)
+
+    suite_missing: list[str] = []
+    requires = ex.expand(list(head.get("requires", [])), f"{path}: [suite] requires", suite_missing, [])
+    if suite_missing:
+        raise SuiteError(f"{path}: [suite] requires cannot use unset variables")
+
+    prerequisites: dict[str, Prerequisite] = {}
+    for key, table in prereq_tables.items():
+        where = f"{path}: [prerequisites.{key}]"
+        _check_keys(table, PREREQ_KEYS, where)
+        command = table["command"]
+        if not isinstance(command, list) or not command or not all(isinstance(a, (str, int, float)) for a in command):
+            raise SuiteError(f"{where}: command must be a list of arguments of a dfcompress command")
+        missing: list[str] = []
+        nested: list[str] = []
+        out = prereq_outs[key]
+        args = [str(a) for a in ex.expand([str(a) for a in command], where, missing, nested, {"out": out})]
+        if nested:
+            raise SuiteError(f"{where}: a prerequisite cannot use another prerequisite's output")
+        reqs = ex.expand(list(table.get("requires", [])), where, missing, nested)
+        prerequisites[key] = Prerequisite(key, str(table.get("label", key)), args, out, reqs, missing)
+
+    base_missing: list[str] = []
+    base_prereqs: list[str] = []
+    base = _run_part(ex.expand(_table(data, "run", path), f"{path}: [run]", base_missing, base_prereqs), set(),
+                     f"{path}: [run]")
+
+    models_raw = _table(data, "models", path)
+    models: list[tuple[str | None, dict, dict]] = []
+    for key, table in models_raw.items():
+        _id_ok("model", key, path)
+        models.append((key, table, {}))
+    if not models:
+        models = [(None, {}, {})]
+
+    budgets = {}
+    for key, table in _table(data, "budgets", path).items():
+        _id_ok("budget", key, path)
+        budgets[key] = _budget(key, table, path)
+
+    methods = _table(data, "methods", path)
+    tasks = _table(data, "tasks", path)
+    if not methods:
+        raise SuiteError(f"{path}: no [methods.*] tables")
+    if not tasks:
+        raise SuiteError(f"{path}: no [tasks.*] tables")
+    for key in methods:
+        _id_ok("method", key, path)
+    for key in tasks:
+        _id_ok("task", key, path)
+    for b in budgets.values():
+        if b.equal_time and b.equal_time[0] not in methods:
+            raise SuiteError(f"{path}: [budgets.{b.id}] equal_time.method {b.equal_time[0]!r} is not a method")
+        if b.calibrate_from and b.calibrate_from not in budgets:
+            raise SuiteError(f"{path}: [budgets.{b.id}] calibration.from_budget {b.calibrate_from!r} is not a budget")
+        if b.calibrate_from and budgets[b.calibrate_from].iterations is None:
+            raise SuiteError(f"{path}: [budgets.{b.id}] calibration.from_budget must be an iterations budget")
+
+    labels: dict[str, dict[str, str]] = {
+        "methods": {k: str(v.get("label", k)) for k, v in methods.items() if isinstance(v, dict)},
+        "tasks": {k: str(v.get("label", k)) for k, v in tasks.items() if isinstance(v, dict)},
+        "budgets": {k: b.label for k, b in budgets.items()},
+        "models": {k: str(t.get("label", k)) for k, t, _ in models if k},
+    }
+
+    cells: list[Cell] = []
+    teacher_rows: list[tuple[str, str, str | None]] = []
+    # run order: budget-free cells first, then budget by budget (in file order); tasks in file order, so a
+    # task reusing another's synthetic images comes after it
+    budget_order: list[str | None] = [None, *budgets]
+    pending: list[Cell] = []
+    for method_id, mtable in methods.items():
+        where = f"{path}: [methods.{method_id}]"
+        if not isinstance(mtable, dict):
+            raise SuiteError(f"{where} must be a table")
+        kind = mtable.get("kind", "synthetic")
+        if kind not in KINDS:
+            raise SuiteError(f"{where}: kind must be one of {', '.join(KINDS)}")
+        label = labels["methods"][method_id]
+        if kind == "teacher":
+            _check_keys(mtable, {"label", "kind", "note"}, where)
+            for model_id, _, _ in models:
+                teacher_rows.append((method_id, label, model_id))
+            continue
+        mmissing: list[str] = []
+        mprereqs: list[str] = []
+        mexp = ex.expand(mtable, where, mmissing, mprereqs)
+        mpart = _run_part(mexp, METHOD_META, where)
+        if kind == "real" and "synthetic" not in mpart:
+            raise SuiteError(f"{where}: a real-images method needs synthetic = \"${{prereq:ID}}\" (a data import)")
+        if kind == "synthetic" and "synthetic" in mpart:
+            raise SuiteError(f"{where}: synthetic = ... belongs to kind = \"real\" methods")
+        method_budgets = mtable.get("budgets", [] if kind == "real" else list(budgets))
+        if not isinstance(method_budgets, list) or any(b not in budgets for b in method_budgets):
+            raise SuiteError(f"{where}: budgets must list ids of [budgets.*] tables; known: {', '.join(budgets)}")
+        if kind == "real" and method_budgets:
+            raise SuiteError(f"{where}: real images have no synthesis budget; drop budgets")
+        method_tasks = mtable.get("tasks", list(tasks))
+        if not isinstance(method_tasks, list) or any(t not in tasks for t in method_tasks):
+            raise SuiteError(f"{where}: tasks must list ids of [tasks.*] tables; known: {', '.join(tasks)}")
+        mreq = [str(r) for r in mexp.get("requires", [])]
+        real_images = mtable.get("real_images", 0)
+        if not isinstance(real_images, int) or real_images < 0:
+            raise SuiteError(f"{where}: real_images must be a non-negative integer (real images the method uses)")
+        for task_id in method_tasks:
+            ttable = tasks[task_id]
+            twhere = f"{path}: [tasks.{task_id}]"
+            if not isinstance(ttable, dict):
+                raise SuiteError(f"{twhere} must be a table")
+            tmissing: list[str] = []
+            tprereqs: list[str] = []
+            texp = ex.expand(ttable, twhere, tmissing, tprereqs)
+            tpart = _run_part(texp, TASK_META, twhere)
+            reuse = ttable.get("reuse_synthetic_from")
+            if reuse is not None and (reuse not in tasks or reuse == task_id):
+                raise SuiteError(f"{twhere}: reuse_synthetic_from must name another task")
+            if reuse is not None and list(tasks).index(reuse) > list(tasks).index(task_id):
+                raise SuiteError(f"{twhere}: reuse_synthetic_from {reuse!r} must come before {task_id!r} in the file")
+            for model_id, model_table, _ in models:
+                mowhere = f"{path}: [models.{model_id}]"
+                momissing: list[str] = []
+                moprereqs: list[str] = []
+                moexp = ex.expand(model_table, mowhere, momissing, moprereqs)
+                mopart = _run_part(moexp, MODEL_META, mowhere)
+                moreq = [str(r) for r in moexp.get("requires", [])]
+                for budget_id in (method_budgets or [None]):
+                    for seed in seeds:
+                        config = merge(base, mopart, mpart, tpart, {"seed": seed})
+                        parts = [method_id, task_id]
+                        if budget_id:
+                            parts.append(budget_id)
+                        if model_id:
+                            parts.append(model_id)
+                        parts.append(f"s{seed}")
+                        cell_id = "--".join(parts)
+                        depends = None
+                        if reuse is not None and kind == "synthetic":
+                            if reuse not in method_tasks:
+                                raise SuiteError(f"{where}: task {task_id} reuses the images of task {reuse}, "
+                                                 f"which this method does not run; add it to tasks")
+                            dep_parts = [method_id, reuse, *parts[2:]]
+                            depends = "--".join(dep_parts)
+                            config["synthetic"] = f"{results_rel}/{depends}/synthetic"
+                        missing = list(dict.fromkeys(base_missing + mmissing + tmissing + momissing))
+                        cell = Cell(
+                            id=cell_id, suite=name, method=method_id, method_label=label, kind=kind, task=task_id,
+                            task_label=labels["tasks"][task_id], budget=budgets[budget_id] if budget_id else None,
+                            model=model_id, seed=seed, config=config, depends_on=depends,
+                            prerequisites=list(dict.fromkeys(base_prereqs + mprereqs + tprereqs + moprereqs)),
+                            requires=mreq + moreq, missing=missing, note=str(mtable.get("note", "")),
+                            real_images=real_images,
+                        )
+                        pending.append(cell)
+    order = {b: i for i, b in enumerate(budget_order)}
+    task_order = {t: i for i, t in enumerate(tasks)}
+    method_order = {m: i for i, m in enumerate(methods)}
+    cells = sorted(pending, key=lambda c: (order[c.budget.id if c.budget else None], task_order[c.task],
+                                           method_order[c.method], c.model or "", c.seed))
+    ids = [c.id for c in cells]
+    if len(set(ids)) != len(ids):
+        raise SuiteError(f"{path}: duplicate cell ids")
+    for b in budgets.values():
+        if b.equal_time:
+            ref = b.equal_time[0]
+            if b.id not in (methods[ref].get("budgets", list(budgets)) if isinstance(methods[ref], dict) else []):
+                raise SuiteError(f"{path}: [budgets.{b.id}] equal_time.method {ref!r} must itself run in this budget")
+
+    reference = head.get("reference")
+    if reference is not None:
+        if not isinstance(reference, dict) or set(reference) - {"file", "setting", "budget"} or "file" not in reference:
+            raise SuiteError(f"{path}: [suite] reference must be {{file = \"...\", setting = \"ID\", budget = \"ID\"}}")
+        if reference.get("budget") and reference["budget"] not in budgets:
+            raise SuiteError(f"{path}: [suite] reference.budget {reference['budget']!r} is not a budget")
+    published = head.get("published", {})
+    if not isinstance(published, dict):
+        raise SuiteError(f"{path}: [suite] published must be a table")
+    for key, row in published.items():
+        if key == "source":
+            continue
+        if not isinstance(row, dict) or "top1" not in row:
+            raise SuiteError(f"{path}: [suite.published.{key}] needs top1 (a fraction) and task")
+    notes = head.get("notes", [])
+    if isinstance(notes, str):
+        notes = [notes]
+    return Suite(
+        name=name, path=path, root=root, description=str(head.get("description", "")), seeds=list(seeds),
+        notes=[str(n) for n in notes], requires=[str(r) for r in requires], vars=values, budgets=budgets,
+        prerequisites=prerequisites, cells=cells, teacher_rows=teacher_rows, reference=reference,
+        published=published, labels=labels,
+    )

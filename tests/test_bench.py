@@ -1,0 +1,676 @@
+"""Benchmarks: suite parsing and validation, stable cell ids, dry-runs of the committed suites, the resumable
+runner (with a fake `dfcompress` launcher), equal-time calibration, result CSVs, the leaderboard and
+`dfcompress data import`."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from dfcompress.bench import runner as bench_runner
+from dfcompress.bench.suite import SuiteError, load_suite
+
+REPO = Path(__file__).resolve().parents[1]
+SUITES = sorted((REPO / "benchmarks" / "suites").glob("*.toml"))
+PLUGIN = "dfcompress.default_plugins.bench_commands"
+
+
+@pytest.fixture
+def bench_cli(monkeypatch):
+    """The CLI with the bench plugin registered (whether or not DEFAULT_PLUGINS already lists it)."""
+    import dfcompress.plugins as plugins
+
+    if PLUGIN not in plugins.DEFAULT_PLUGINS:
+        monkeypatch.setattr(plugins, "DEFAULT_PLUGINS", (*plugins.DEFAULT_PLUGINS, PLUGIN))
+    monkeypatch.setattr(bench_runner, "_CLI", [])
+    from dfcompress.cli import build_cli
+
+    return build_cli()
+
+
+def invoke(cli, args):
+    from click.testing import CliRunner
+
+    result = CliRunner().invoke(cli, args, catch_exceptions=False)
+    return result.exit_code, result.output
+
+
+# --- a fake `python -m dfcompress` ----------------------------------------------------------------------
+
+FAKE = r'''
+import json, os, signal, sys, time
+from pathlib import Path
+args = sys.argv[1:]
+with open(os.environ["FAKE_CALLS"], "a") as fh:
+    fh.write(json.dumps(args) + "\n")
+assert args[0] == "-q", args
+args = args[1:]
+def opt(name, default=None):
+    return args[args.index(name) + 1] if name in args else default
+if args[:2] == ["data", "import"]:
+    out = Path(opt("--out")); out.mkdir(parents=True, exist_ok=True)
+    (out / "manifest.json").write_text(json.dumps({"complete": True, "shards": []}))
+    sys.exit(0)
+assert args[0] == "run", args
+if "--resume" in args:
+    out = Path(opt("--resume"))
+    assert (out / "config.toml").is_file()
+    synth = (out / "config.toml").read_text().split('synth = "')[1].split('"')[0]
+    iterations = int((out / "config.toml").read_text().split("iterations = ")[1].split()[0]) if "iterations = " in (out / "config.toml").read_text() else 0
+else:
+    out = Path(opt("--out")); out.mkdir(parents=True, exist_ok=True)
+    synth = opt("--synth", "natural"); iterations = int(opt("--iterations", "0"))
+    lines = [f'{k.lstrip("-").replace("-", "_")} = "{v}"' for k, v in zip(args[1::2], args[2::2])
+             if k.startswith("--") and k not in ("--out", "--iterations", "--json")]
+    lines.append(f'iterations = {iterations}')
+    (out / "config.toml").write_text("\n".join(lines) + "\n")
+(out / "env.json").write_text(json.dumps({"torch": "0.0-fake", "torch_threads": 2, "python": "3.x"}))
+(out / "log.txt").write_text("fake run\n")
+die = os.environ.get("FAKE_DIE", "")
+if die and die in str(out) and "--resume" not in args:
+    sys.exit(1)
+if os.environ.get("FAKE_HANG", "") and os.environ["FAKE_HANG"] in str(out):
+    def stop(signum, frame):
+        sys.exit(130)
+    signal.signal(signal.SIGTERM, stop)
+    Path(os.environ["FAKE_STARTED"]).write_text("started")
+    time.sleep(60)
+    sys.exit(3)
+if "--synthetic" not in args and synth != "noise":
+    rates = json.loads(os.environ.get("FAKE_RATES", "{}"))
+    rate = rates.get(synth, 1.0)
+    n = max(1, iterations)
+    shards = [{"index": 0, "metrics": {"iterations": float(n), "seconds": n * rate}}]
+    (out / "synthetic").mkdir(exist_ok=True)
+    (out / "synthetic" / "manifest.json").write_text(json.dumps({"complete": True, "shards": shards}))
+task = opt("--task", "distill")
+key = "student" if task == "distill" else "final"
+metrics = {"models": {"teacher": {"top1": 0.9, "params": 100}, key: {"top1": 0.5, "params": 50}},
+           "synthetic": {"feature_fd": 1.5, "class_histogram": [1, 2]}, "timings_s": {"synthesize": 3.0}}
+(out / "metrics.json").write_text(json.dumps(metrics))
+'''
+
+SMALL_SUITE = """
+[suite]
+name = "tiny"
+seeds = [0]
+{reference}
+
+[vars]
+weights = "models/teacher.pt"
+
+[run]
+teacher = "demo"
+num_images = 64
+batch_size = 32
+distill_options = {{ epochs = 1 }}
+
+[budgets.it10]
+iterations = 10
+
+[budgets.eq]
+label = "equal time"
+equal_time = {{ method = "di", iterations = 40 }}
+calibration = {{ from_budget = "it10", probe_iterations = 4 }}
+
+[methods.noise]
+synth = "noise"
+budgets = []
+
+[methods.di]
+label = "DeepInversion"
+synth = "deepinversion"
+
+[methods.ni]
+label = "NaturalInversion"
+synth = "natural"
+
+[methods.real]
+kind = "real"
+synthetic = "${{prereq:real}}"
+tasks = ["distill"]
+real_images = 20
+
+[methods.teacher]
+kind = "teacher"
+
+[tasks.distill]
+task = "distill"
+student = "demo:small"
+
+[tasks.prune]
+task = "prune"
+ratio = 0.5
+reuse_synthetic_from = "distill"
+
+[prerequisites.real]
+command = ["data", "import", "digits:train", "--per-class", "2", "--out", "${{out}}"]
+out = "real"
+"""
+
+
+def make_suite(tmp_path: Path, text: str = SMALL_SUITE, name: str = "tiny.toml", **fmt) -> Path:
+    suites = tmp_path / "benchmarks" / "suites"
+    suites.mkdir(parents=True, exist_ok=True)
+    path = suites / name
+    path.write_text(textwrap.dedent(text.format(reference=fmt.get("reference", ""))))
+    return path
+
+
+@pytest.fixture
+def fake(tmp_path, monkeypatch):
+    script = tmp_path / "fake_dfcompress.py"
+    script.write_text(FAKE)
+    calls = tmp_path / "calls.jsonl"
+    monkeypatch.setenv("FAKE_CALLS", str(calls))
+    monkeypatch.setenv("FAKE_RATES", json.dumps({"deepinversion": 0.5, "natural": 2.0}))
+
+    def read_calls():
+        if not calls.is_file():
+            return []
+        items = [json.loads(line) for line in calls.read_text().splitlines()]
+        calls.unlink()
+        return items
+
+    return [sys.executable, str(script)], read_calls
+
+
+# --- parsing ----------------------------------------------------------------------------------------------
+
+
+def test_suite_expands_the_grid_with_stable_ids(tmp_path):
+    suite = load_suite(make_suite(tmp_path))
+    ids = [c.id for c in suite.cells]
+    assert ids == [
+        "noise--distill--s0", "real--distill--s0", "noise--prune--s0",
+        "di--distill--it10--s0", "ni--distill--it10--s0", "di--prune--it10--s0", "ni--prune--it10--s0",
+        "di--distill--eq--s0", "ni--distill--eq--s0", "di--prune--eq--s0", "ni--prune--eq--s0",
+    ]
+    assert ids == [c.id for c in load_suite(make_suite(tmp_path)).cells]  # stable
+    prune = suite.cell("di--prune--it10--s0")
+    assert prune.depends_on == "di--distill--it10--s0"
+    assert prune.config["synthetic"] == "benchmarks/results/tiny/di--distill--it10--s0/synthetic"
+    assert prune.config["distill_options"] == {"epochs": 1} and prune.config["ratio"] == 0.5
+    real = suite.cell("real--distill--s0")
+    assert real.prerequisites == ["real"] and real.config["synthetic"] == "benchmarks/results/tiny/_prereq/real"
+    assert suite.prerequisites["real"].command[-1] == "benchmarks/results/tiny/_prereq/real"
+    assert suite.teacher_rows == [("teacher", "teacher", None)]
+    assert suite.root == tmp_path
+
+
+def test_cifar10_cpu_suite_cells():
+    suite = load_suite(REPO / "benchmarks" / "suites" / "cifar10-cpu.toml")
+    ids = {c.id for c in suite.cells}
+    assert len(ids) == 36
+    assert {"noise--distill--s0", "real--prune90--s0", "deepinversion-adi--distill--it200--s0",
+            "seeded--prune50--time-di800--s0", "natural--distill--time-di800--s0"} <= ids
+    seeded = suite.cell("seeded--distill--it200--s0")
+    assert seeded.prerequisites == ["seed-stats"] and seeded.real_images == 100
+    assert seeded.config["synth_options"]["stats"].endswith("_prereq/seed-stats.safetensors")
+    di = suite.cell("deepinversion--distill--it200--s0")
+    assert di.config["distill_options"]["epochs"] == 60 and di.config["distill_options"]["lr"] == 0.05
+    prune = suite.cell("natural--prune90--it200--s0")
+    assert prune.config["distill_options"]["lr"] == 0.001 and prune.config["distill_options"]["temperature"] == 4.0
+    assert suite.budgets["time-di800"].equal_time == ("deepinversion", 800)
+
+
+def test_cells_needing_shared_are_skipped_with_the_reason(tmp_path):
+    suite = load_suite(REPO / "benchmarks" / "suites" / "cifar10-cpu.toml", root=tmp_path)
+    reasons = {suite.missing_requirements(c) for c in suite.cells}
+    assert reasons == {"needs ../shared/models/resnet20-12fca82f.th, which is absent"}
+
+
+def test_vars_from_env_and_set(monkeypatch):
+    path = REPO / "benchmarks" / "suites" / "paper.toml"
+    monkeypatch.delenv("DFCOMPRESS_PAPER_WEIGHTS", raising=False)
+    suite = load_suite(path)
+    assert "set $DFCOMPRESS_PAPER_WEIGHTS or --set weights=VALUE" in suite.missing_requirements(suite.cells[0])
+    suite = load_suite(path, overrides={"weights": "r34.pt"})
+    assert suite.cells[0].config["weights"] == "r34.pt" and not suite.cells[0].missing
+    monkeypatch.setenv("DFCOMPRESS_PAPER_WEIGHTS", "env.pt")
+    assert load_suite(path).cells[0].config["weights"] == "env.pt"
+    with pytest.raises(SuiteError, match="--set nope: the suite has no such variable"):
+        load_suite(path, overrides={"nope": "1"})
+
+
+@pytest.mark.parametrize("change,message", [
+    (("[run]", "[run]\nbogus = 1"), "unknown key(s) bogus"),
+    (("iterations = 10", "iterations = 0"), "iterations must be a positive integer"),
+    (('method = "di"', 'method = "xx"'), "equal_time.method 'xx' is not a method"),
+    (('reuse_synthetic_from = "distill"', 'reuse_synthetic_from = "nope"'), "reuse_synthetic_from must name another task"),
+    (('student = "demo:small"', 'student = "${{nope}}"'), "unknown variable ${nope}"),
+    (('${{prereq:real}}', '${{prereq:other}}'), "names no [prerequisites.other]"),
+    (('[methods.noise]', '[methods.bad--id]\nsynth = "noise"\n[methods.noise]'), "must be letters"),
+    (('kind = "real"', 'kind = "other"'), "kind must be one of"),
+])
+def test_suite_errors(tmp_path, change, message):
+    text = SMALL_SUITE.replace(*change)
+    path = make_suite(tmp_path, text)
+    with pytest.raises(SuiteError) as exc:
+        load_suite(path)
+    assert message in str(exc.value)
+
+
+def test_only_selects_cells_and_their_dependencies(tmp_path):
+    suite = load_suite(make_suite(tmp_path))
+    assert [c.id for c in suite.select(["ni--prune--eq*"])] == ["ni--distill--eq--s0", "ni--prune--eq--s0"]
+    assert [c.id for c in suite.select(["noise"])] == ["noise--distill--s0", "noise--prune--s0"]
+    with pytest.raises(SuiteError, match="matches no cell"):
+        suite.select(["zzz"])
+
+
+def test_run_args_round_trip_through_the_real_run_command(tmp_path):
+    """The generated flags are exactly what `dfcompress run` parses into the cell's RunConfig."""
+    import click
+
+    from dfcompress.cli import run
+    from dfcompress.config import make_run_config
+
+    suite = load_suite(REPO / "benchmarks" / "suites" / "cifar10-cpu.toml")
+    cell = suite.cell("deepinversion-adi--prune50--it200--s0")
+    config = dict(cell.config, iterations=200)
+    args = bench_runner.run_args(config, "out/dir")
+    ctx = run.make_context("run", list(args))
+    from dfcompress.options import parse_assignments
+
+    params = ctx.params
+    parsed = make_run_config({k: v for k, v in params.items() if v is not None and k not in (
+        "synth_opt", "distill_opt", "prune_opt", "config_file", "resume", "as_json")}, {
+        "synth_options": parse_assignments(params["synth_opt"], flag="-s"),
+        "distill_options": parse_assignments(params["distill_opt"], flag="-d"),
+        "prune_options": parse_assignments(params["prune_opt"], flag="-p")})
+    expected = make_run_config(config, {"out": "out/dir"})
+    assert parsed.to_dict() == {**expected.to_dict(), "synth_options": {"adi_scale": "0.2"}, "distill_options": {
+        k: bench_runner._flag_value(v) for k, v in expected.distill_options.items()}}
+    assert isinstance(ctx, click.Context)
+
+
+# --- dry runs -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("suite_file", SUITES, ids=[p.stem for p in SUITES])
+def test_dry_run_of_every_committed_suite_is_valid(bench_cli, suite_file, tmp_path):
+    """Every cell's RunConfig builds and every component name and option is known to the registry
+    (the paper suite with a placeholder weights path)."""
+    args = ["bench", str(suite_file), "--dry-run", "--results", str(tmp_path / "results")]
+    if suite_file.stem == "paper":
+        args += ["--set", "weights=placeholder-resnet34.pt"]
+    code, out = invoke(bench_cli, args)
+    invalid = [line.strip() for line in out.splitlines() if "INVALID" in line or "invalid:" in line]
+    assert code == 0 and not invalid, "\n".join(invalid) or out
+    suite = load_suite(suite_file, overrides={"weights": "x"} if suite_file.stem == "paper" else None)
+    for cell in suite.cells:
+        assert cell.id in out
+    assert f"{len(suite.cells)} cells:" in out
+
+
+def test_dry_run_reports_bad_cells_and_exits_2(bench_cli, tmp_path):
+    text = SMALL_SUITE.replace('synth = "natural"', 'synth = "natural"\nsynth_options = {{ no_such_option = 1 }}')
+    text = text.replace('synth = "noise"', 'synth = "nosie"')
+    path = make_suite(tmp_path, text)
+    code, out = invoke(bench_cli, ["bench", str(path), "--dry-run"])
+    assert code == 2
+    assert "unknown synthesizer 'nosie'. Did you mean 'noise'?" in out
+    assert "unknown option 'no_such_option' for synthesizer natural" in out
+    assert "equal time as 40 iterations of DeepInversion: calibrated at run time" in out
+    assert "--iterations '<calibrated at run time>'" in out
+    assert not (tmp_path / "benchmarks" / "results").exists()  # a dry run writes nothing
+
+
+def test_dry_run_checks_prerequisite_commands(bench_cli, tmp_path):
+    text = SMALL_SUITE.replace('"--per-class", "2"', '"--per-klass", "2"')
+    code, out = invoke(bench_cli, ["bench", str(make_suite(tmp_path, text)), "--dry-run"])
+    assert code == 2 and "`dfcompress data import`: No such option '--per-klass'" in out
+
+
+def test_iterations_budget_rejected_for_a_synthesizer_without_iterations(bench_cli, tmp_path):
+    text = SMALL_SUITE.replace('synth = "noise"\nbudgets = []', 'synth = "noise"')
+    code, out = invoke(bench_cli, ["bench", str(make_suite(tmp_path, text)), "--dry-run", "--only", "noise"])
+    assert code == 2 and "synthesizer noise has no iterations option; give the method budgets = []" in out
+
+
+# --- running, resuming ------------------------------------------------------------------------------------
+
+
+def test_runner_skips_finished_cells_and_resumes_killed_ones(tmp_path, fake, monkeypatch):
+    launcher, calls = fake
+    suite = load_suite(make_suite(tmp_path))
+    runner = bench_runner.Runner(suite, launcher=launcher)
+    monkeypatch.setenv("FAKE_DIE", "ni--distill--it10")
+    results = runner.run()
+    assert results["ni--distill--it10--s0"] == "failed"
+    assert results["ni--prune--it10--s0"] == "blocked"
+    assert results["di--distill--it10--s0"] == "ok" and results["real--distill--s0"] == "ok"
+    first = calls()
+    assert first[0][:3] == ["-q", "data", "import"]  # the prerequisite runs first, once
+    assert all(c[1] == "run" and "--json" in c and "--out" in c for c in first[1:])
+    prune = next(c for c in first if "di--prune--it10--s0" in " ".join(c))
+    assert prune[prune.index("--synthetic") + 1] == "benchmarks/results/tiny/di--distill--it10--s0/synthetic"
+    failed_dir = runner.cell_dir("ni--distill--it10--s0")
+    assert (failed_dir / "config.toml").is_file() and not (failed_dir / "metrics.json").exists()
+
+    monkeypatch.delenv("FAKE_DIE")
+    results = runner.run()
+    assert set(results.values()) == {"ok"}
+    second = calls()
+    assert second[0] == ["-q", "run", "--resume", "benchmarks/results/tiny/ni--distill--it10--s0", "--json"]
+    assert [c for c in second[1:] if "--resume" in c] == []
+    # the equal-time cells finished in the first run (natural was calibrated by a probe run)
+    assert {Path(c[c.index("--out") + 1]).name for c in second[1:]} == {"ni--prune--it10--s0"}
+
+    assert runner.run() and calls() == []  # nothing left to do
+    attempts = json.loads((failed_dir / "bench.json").read_text())["attempts"]
+    assert [a["resumed"] for a in attempts] == [False, True] and [a["exit_code"] for a in attempts] == [1, 0]
+
+
+def test_equal_time_budget_is_calibrated_from_finished_cells(tmp_path, fake):
+    launcher, calls = fake
+    suite = load_suite(make_suite(tmp_path))
+    runner = bench_runner.Runner(suite, launcher=launcher)
+    assert set(runner.run().values()) == {"ok"}
+    bench = {c.id: json.loads((runner.cell_dir(c) / "bench.json").read_text()) for c in suite.cells}
+    # deepinversion: 0.5 s / iteration, natural: 2.0 s (fake rates); 40 DI iterations = 20 s = 10 NI iterations
+    assert bench["di--distill--eq--s0"]["iterations"] == 40
+    assert bench["ni--distill--eq--s0"]["iterations"] == 10
+    assert bench["ni--prune--eq--s0"]["iterations"] == 10
+    assert bench["ni--distill--eq--s0"]["budget"]["target_seconds_per_batch"] == 20.0
+    calibration = json.loads(runner.calibration_path.read_text())
+    assert calibration["ni|"]["source"] == "cell ni--distill--it10--s0"
+    assert not any("_calibration" in " ".join(c) for c in calls())  # no probe was needed
+
+    rows = {r["cell"]: r for r in runner.collect()}
+    assert rows["ni--distill--eq--s0"]["iterations"] == 10
+    assert "equal time: 20.0 s per batch" in rows["ni--distill--eq--s0"]["iterations_rule"]
+
+
+def test_equal_time_budget_probes_when_no_cell_measured_it(tmp_path, fake):
+    launcher, calls = fake
+    suite = load_suite(make_suite(tmp_path))
+    runner = bench_runner.Runner(suite, launcher=launcher)
+    assert runner.run(suite.select(["ni--distill--eq"])) == {"ni--distill--eq--s0": "ok"}
+    made = calls()
+    probes = [c for c in made if "_calibration" in " ".join(c)]
+    assert len(probes) == 2  # deepinversion and natural, one batch of probe_iterations each
+    for probe in probes:
+        assert probe[probe.index("--iterations") + 1] == "4" and probe[probe.index("--num-images") + 1] == "32"
+        assert "epochs=1" in probe
+    bench = json.loads((runner.cell_dir("ni--distill--eq--s0") / "bench.json").read_text())
+    assert bench["iterations"] == 10
+    assert json.loads(runner.calibration_path.read_text())["di|"]["source"].startswith("probe run of 4 iterations")
+
+
+def test_collected_csv_has_metrics_hardware_and_links(tmp_path, fake):
+    import pandas as pd
+
+    launcher, _ = fake
+    ref = tmp_path / "benchmarks" / "reference" / "ref.toml"
+    ref.parent.mkdir(parents=True)
+    ref.write_text(textwrap.dedent("""
+        [source]
+        title = "peer numbers"
+        [settings.s]
+        [[settings.s.rows]]
+        method = "di"
+        label = "DI reference code"
+        task = "distill"
+        iterations = 10
+        top1 = 0.25
+    """))
+    suite = load_suite(make_suite(tmp_path, reference='reference = { file = "benchmarks/reference/ref.toml", '
+                                                      'setting = "s", budget = "it10" }'))
+    runner = bench_runner.Runner(suite, launcher=launcher)
+    runner.run(suite.select(["di--distill--it10"]))
+    path = runner.write_csv()
+    assert path == tmp_path / "benchmarks" / "results" / "tiny.csv"
+    frame = pd.read_csv(path)
+    row = frame[frame["cell"] == "di--distill--it10--s0"].iloc[0]
+    assert row["status"] == "ok" and row["models.student.top1"] == 0.5 and row["top1"] == 0.5
+    assert row["synthetic.class_histogram"] == "[1, 2]" and row["config.synth"] == "deepinversion"
+    assert row["torch_version"] == "0.0-fake" and row["torch_threads"] == 2 and row["cpu_model"]
+    assert row["config"] == "tiny/di--distill--it10--s0/config.toml" and (path.parent / row["config"]).is_file()
+    assert row["log"] == "tiny/di--distill--it10--s0/log.txt" and len(row["config_hash"]) == 12
+    assert row["wall_s"] > 0
+    assert frame[frame["cell"] == "ni--distill--it10--s0"].iloc[0]["status"] == "pending"
+    teacher = frame[frame["kind"] == "teacher"].iloc[0]
+    assert teacher["top1"] == 0.9 and teacher["status"] == "ok"
+    reference = frame[frame["kind"] == "reference-code"].iloc[0]
+    assert reference["top1"] == 0.25 and reference["budget"] == "it10"
+    assert "reference code, measured separately" in reference["note"]
+
+
+def test_killing_the_bench_and_rerunning_finishes_the_suite(tmp_path, fake):
+    """SIGTERM to the runner reaches the running cell, which saves its state and exits 130; the runner
+    stops with 130; running again resumes that cell with --resume and finishes."""
+    launcher, calls = fake
+    path = make_suite(tmp_path)
+    started = tmp_path / "started"
+    script = tmp_path / "bench.py"
+    script.write_text(textwrap.dedent(f"""
+        import sys
+        from dfcompress.bench.runner import Runner
+        from dfcompress.bench.suite import load_suite
+        from dfcompress.errors import Interrupted
+        suite = load_suite({str(path)!r})
+        try:
+            Runner(suite, launcher={launcher!r}).run(suite.select(["di--distill--it10"]))
+        except Interrupted:
+            sys.exit(130)
+    """))
+    env = dict(os.environ, FAKE_HANG="di--distill--it10", FAKE_STARTED=str(started))
+    proc = subprocess.Popen([sys.executable, str(script)], env=env)
+    deadline = time.time() + 60
+    while not started.exists() and time.time() < deadline:
+        time.sleep(0.1)
+    assert started.exists()
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 130
+    cell_dir = tmp_path / "benchmarks" / "results" / "tiny" / "di--distill--it10--s0"
+    assert (cell_dir / "config.toml").is_file() and not (cell_dir / "metrics.json").exists()
+    calls()
+    suite = load_suite(path)
+    assert bench_runner.Runner(suite, launcher=launcher).run(suite.select(["di--distill--it10"])) == {
+        "di--distill--it10--s0": "ok"}
+    assert calls() == [["-q", "run", "--resume", "benchmarks/results/tiny/di--distill--it10--s0", "--json"]]
+
+
+def test_bench_command_runs_writes_csv_and_exits_1_on_failure(bench_cli, tmp_path, fake, monkeypatch):
+    launcher, calls = fake
+    monkeypatch.setattr(bench_runner, "DEFAULT_LAUNCHER", tuple(launcher))
+    monkeypatch.setenv("FAKE_DIE", "noise--distill")
+    path = make_suite(tmp_path)
+    code, out = invoke(bench_cli, ["bench", str(path), "--only", "noise"])
+    assert code == 1
+    assert "tiny: 0 finished, 1 failed, 0 skipped, 1 blocked" in out and "failed: noise--distill--s0" in out
+    assert "blocked: noise--prune--s0" in out
+    assert (tmp_path / "benchmarks" / "results" / "tiny.csv").is_file()
+    monkeypatch.delenv("FAKE_DIE")
+    code, out = invoke(bench_cli, ["bench", str(path), "--only", "noise"])
+    assert code == 0 and "tiny: 2 finished, 0 failed" in out
+
+
+# --- leaderboard ----------------------------------------------------------------------------------------
+
+
+def _fixture_csv(results: Path) -> Path:
+    import pandas as pd
+
+    (results / "demo" / "c1").mkdir(parents=True)
+    (results / "demo" / "c1" / "config.toml").write_text("x = 1\n")
+    (results / "demo" / "c1" / "log.txt").write_text("log\n")
+    base = {"suite": "demo", "model": "", "seed": 0, "real_images": 0, "note": "", "status": "ok",
+            "config": "demo/c1/config.toml", "log": "demo/c1/log.txt", "cpu_model": "CPU X", "torch_threads": 2,
+            "torch_version": "2.14.1"}
+    rows = [
+        dict(base, cell="teacher", kind="teacher", method="teacher", method_label="Teacher", top1=0.81,
+             budget="", budget_label=""),
+        dict(base, cell="noise--distill--s0", kind="synthetic", method="noise", method_label="Gaussian noise",
+             task="distill", **{"config.task": "distill"}, budget="", budget_label="", top1=0.11),
+        dict(base, cell="di--distill--a--s0", kind="synthetic", method="di", method_label="DeepInversion",
+             task="distill", **{"config.task": "distill"}, budget="a", budget_label="200 it", top1=0.2, iterations=200),
+        dict(base, cell="di--distill--b--s0", kind="synthetic", method="di", method_label="DeepInversion",
+             task="distill", **{"config.task": "distill"}, budget="b", budget_label="equal time", top1=0.3,
+             iterations=800),
+        dict(base, cell="real--distill--s0", kind="real", method="real", method_label="Real 1,280",
+             task="distill", **{"config.task": "distill"}, budget="", budget_label="", top1=0.6, real_images=1280),
+        dict(base, cell="di--prune5--a--s0", kind="synthetic", method="di", method_label="DeepInversion",
+             task="prune5", **{"config.task": "prune", "config.ratio": 0.5, "models.pruned.top1": 0.3},
+             budget="a", budget_label="200 it", top1=0.7),
+        dict(base, cell="di--prune9--a--s0", kind="synthetic", method="di", method_label="DeepInversion",
+             task="prune9", **{"config.task": "prune", "config.ratio": 0.9}, budget="a", budget_label="200 it",
+             top1=0.4),
+        dict(base, cell="ni--distill--a--s0", kind="synthetic", method="ni", method_label="NaturalInversion",
+             task="distill", **{"config.task": "distill"}, budget="a", budget_label="200 it", status="failed",
+             reason="exit 1", top1=None),
+        dict(base, cell="reference:di", kind="reference-code", method="di", method_label="DI (NVlabs)",
+             task="distill", **{"config.task": "distill"}, budget="a", budget_label="200 it", top1=0.169,
+             note="reference code, measured separately", config="../reference/peer-baselines.toml", log=""),
+    ]
+    path = results / "demo.csv"
+    pd.DataFrame(rows).to_csv(path, index=False)
+    return path
+
+
+def test_leaderboard_renders_tables_and_plots(tmp_path, bench_cli):
+    results = tmp_path / "benchmarks" / "results"
+    _fixture_csv(results)
+    out = tmp_path / "benchmarks"
+    code, text = invoke(bench_cli, ["leaderboard", "demo", "--results", str(results), "--out", str(out)])
+    assert code == 0, text
+    md = (out / "LEADERBOARD.md").read_text()
+    assert "## demo" in md and "6 of 7 cells finished; CPU CPU X; torch threads 2; torch 2.14.1" in md
+    table = md.split("### Knowledge distillation")[1].split("###")[0]
+    assert "| Method " in table and "| 200 it " in table and "| equal time " in table
+    assert "DeepInversion" in table and "20.00" in table and "30.00" in table
+    assert "DI (NVlabs) (reference code, measured separately)" in table and "16.90" in table
+    assert "Teacher" in table and "81.00" in table and "1,280" in table
+    assert "[config](results/demo/c1/config.toml) · [log](results/demo/c1/log.txt)" in table
+    assert "di--distill--a--s0: [config]" in table
+    prune = md.split("### Pruning")[1].split("###")[0]
+    assert "ratio 0.5" in prune and "ratio 0.9" in prune and "70.00 (before fine-tuning 30.00)" in prune
+    assert "failed (exit 1)" in md
+    for name in ("demo-distill.png", "demo-prune.png"):
+        data = (out / "plots" / name).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+        assert f"(plots/{name})" in md
+    assert (out / "leaderboard.csv").read_text().count("\n") == 10
+
+
+def test_leaderboard_without_results_is_an_error(tmp_path, bench_cli):
+    from dfcompress.errors import DFCompressError
+
+    with pytest.raises(DFCompressError, match="no result CSVs in"):
+        invoke(bench_cli, ["leaderboard", "--results", str(tmp_path), "--out", str(tmp_path)])
+    with pytest.raises(DFCompressError, match="no results for suite nope"):
+        invoke(bench_cli, ["leaderboard", "nope", "--results", str(tmp_path), "--out", str(tmp_path)])
+
+
+# --- data import ----------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def fake_loaders(monkeypatch):
+    import torch
+    from torch import nn
+
+    from dfcompress.bench import importing
+    from dfcompress.components import InputSpec, Teacher
+    from dfcompress.datasets import EvalData
+
+    torch.manual_seed(0)
+    spec = InputSpec(image_size=(8, 8), num_classes=4, channels=3)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 4)).eval()
+    seen = {}
+
+    def load_teacher(name, weights=None, trust_weights=False):
+        seen["teacher"] = (name, weights)
+        return Teacher(model, spec, name)
+
+    def load_data(data_spec, input_spec, teacher="the teacher"):
+        seen["data"] = (data_spec, input_spec)
+        g = torch.Generator().manual_seed(1)
+        images = torch.randint(0, 256, (40, 3, 8, 8), dtype=torch.uint8, generator=g)
+        labels = torch.arange(40) % 4
+        return EvalData(images, labels, ["a", "b", "c", "d"], "fake:train")
+
+    monkeypatch.setattr(importing, "_loaders", lambda: (load_data, load_teacher))
+    return seen
+
+
+def test_data_import_writes_a_loadable_data_set(tmp_path, bench_cli, fake_loaders):
+    import torch
+
+    from dfcompress import synthdata
+    from dfcompress.errors import DataError
+
+    out = tmp_path / "real"
+    code, text = invoke(bench_cli, ["data", "import", "fake:train", "--per-class", "3", "--seed", "5", "--out", str(out),
+                                    "--teacher", "cifar:resnet20", "--weights", "w.th"])
+    assert code == 0, text
+    assert "12 images of 4 classes from fake:train" in text
+    assert fake_loaders["teacher"] == ("cifar:resnet20", "w.th")
+    data = synthdata.load(out)
+    assert data.images.shape == (12, 3, 8, 8) and data.images.dtype == torch.uint8
+    assert torch.bincount(data.labels).tolist() == [3, 3, 3, 3]
+    assert ((data.confidence >= 0) & (data.confidence <= 1)).all()
+    assert data.manifest["request"]["source"] == "import" and data.manifest["complete"]
+    assert synthdata.verify(out) == []
+    # the same command again is a no-op; another draw into the same directory is refused
+    code, _ = invoke(bench_cli, ["data", "import", "fake:train", "--per-class", "3", "--seed", "5", "--out", str(out),
+                                 "--teacher", "cifar:resnet20", "--weights", "w.th"])
+    assert code == 0 and torch.equal(synthdata.load(out).images, data.images)
+    from dfcompress.bench.importing import import_real
+
+    with pytest.raises(DataError, match="different synthetic data set"):
+        import_real("fake:train", out, per_class=2, seed=5, teacher="cifar:resnet20", weights="w.th")
+    # a different seed draws other images
+    other = import_real("fake:train", tmp_path / "other", per_class=3, seed=6, teacher="cifar:resnet20", weights="w.th")
+    assert other["images"] == 12 and not torch.equal(synthdata.load(tmp_path / "other").images, data.images)
+
+
+def test_bench_plugin_does_not_import_heavy_modules():
+    code = (
+        "import sys\nimport dfcompress.default_plugins.bench_commands\n"
+        "heavy = [m for m in ('torch', 'pandas', 'matplotlib') if m in sys.modules]\nassert not heavy, heavy\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+# --- end to end -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_smoke_suite_end_to_end(tmp_path, bench_cli, monkeypatch):
+    """The real thing on the demo teacher: prerequisite, three cells, the CSV and the leaderboard."""
+    import pandas as pd
+
+    wrapper = tmp_path / "dfc.py"  # the subprocesses need the bench plugin too (for `data import`)
+    wrapper.write_text(
+        "import dfcompress.plugins as p\n"
+        f"m = {PLUGIN!r}\n"
+        "if m not in p.DEFAULT_PLUGINS:\n    p.DEFAULT_PLUGINS = (*p.DEFAULT_PLUGINS, m)\n"
+        "from dfcompress.cli import main\nmain()\n"
+    )
+    monkeypatch.setattr(bench_runner, "DEFAULT_LAUNCHER", (sys.executable, str(wrapper)))
+    results = tmp_path / "results" / "cifar10-cpu-smoke"
+    suite = REPO / "benchmarks" / "suites" / "cifar10-cpu-smoke.toml"
+    code, out = invoke(bench_cli, ["bench", str(suite), "--results", str(results)])
+    assert code == 0, out + "".join(p.read_text() for p in results.rglob("bench.log"))
+    frame = pd.read_csv(tmp_path / "results" / "cifar10-cpu-smoke.csv")
+    ours = frame[frame["kind"].isin(["synthetic", "real"])]
+    assert len(ours) == 3 and set(ours["status"]) == {"ok"}
+    assert ours["top1"].between(0, 1).all() and ours["config_hash"].notna().all()
+    assert frame[frame["kind"] == "teacher"]["top1"].iloc[0] > 0.5
+    for link in ours["config"].tolist() + ours["log"].tolist():
+        assert (tmp_path / "results" / link).is_file()
+    code, out = invoke(bench_cli, ["bench", str(suite), "--results", str(results)])
+    assert code == 0 and "3 finished" in out  # nothing re-run
+    code, out = invoke(bench_cli, ["leaderboard", "--results", str(tmp_path / "results"), "--out", str(tmp_path / "lb")])
+    assert code == 0 and (tmp_path / "lb" / "plots" / "cifar10-cpu-smoke-distill.png").is_file()
