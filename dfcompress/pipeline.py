@@ -177,7 +177,7 @@ class Run:
             from .datasets import load_data
 
             with self.stage("load eval data"):
-                self._eval_data = load_data(spec, self.teacher.input)
+                self._eval_data = load_data(spec, self.teacher.input, teacher=self.config.teacher)
         return self._eval_data
 
     def synthetic_data(self, synth: Any = None, student: nn.Module | None = None, directory: Path | None = None) -> Any:
