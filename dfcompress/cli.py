@@ -136,6 +136,15 @@ def _layers(config_file: str | None, resume: str | None, values: dict, synth_opt
     return layers
 
 
+def _with_source_defaults(layers: list[dict], registry: Any) -> list[dict]:
+    """Put the teacher source's suggested run settings below every user layer."""
+    teacher = next((layer["teacher"] for layer in reversed(layers) if layer.get("teacher")), None)
+    from .config import RunConfig
+    from .models import run_defaults
+
+    return [run_defaults(teacher or RunConfig.teacher, registry=registry), *layers]
+
+
 @cli.command(context_settings=CONTEXT_SETTINGS)
 @run_config_options(SCALAR_FIELDS)
 @with_component_options
@@ -147,8 +156,9 @@ def run(ctx: click.Context, config_file, resume, as_json, synth_opt, distill_opt
     """Synthesize images from the teacher, compress with them, evaluate, report.
 
     Every option can also come from --config FILE (TOML; a run writes its resolved config.toml)."""
-    config = make_run_config(*_layers(config_file, resume, values, synth_opt, distill_opt, prune_opt))
+    layers = _layers(config_file, resume, values, synth_opt, distill_opt, prune_opt)
     registry = _registry()
+    config = make_run_config(*_with_source_defaults(layers, registry))
     task_cls = registry.get("tasks", config.task)
     registry.get("synthesizers", config.synth)  # fail fast on unknown names, before any work
     from .pipeline import Run
@@ -184,9 +194,10 @@ SYNTH_FIELDS = [o for o in SCALAR_FIELDS if o.name in {
 @click.pass_context
 def synthesize(ctx: click.Context, synth_opt, out, export_png, **values) -> None:
     """Write a synthetic data set (shards + manifest) that `run --synthetic DIR` and other tools can read."""
-    config = make_run_config({k: v for k, v in values.items() if v is not None},
-                             {"out": out, "synth_options": parse_assignments(synth_opt, flag="--synth-opt")})
     registry = _registry()
+    layers = [{k: v for k, v in values.items() if v is not None},
+              {"out": out, "synth_options": parse_assignments(synth_opt, flag="--synth-opt")}]
+    config = make_run_config(*_with_source_defaults(layers, registry))
     registry.get("synthesizers", config.synth)
     from .pipeline import Run
 

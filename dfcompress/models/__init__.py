@@ -6,7 +6,7 @@
 
 timm and torchvision are imported only when a spec uses them.
 """
-from .base import RANDOM_WEIGHTS, ModelSource, ModelSpec, create_model, default_eval_data, load_teacher, parse_spec
+from .base import RANDOM_WEIGHTS, ModelSource, ModelSpec, create_model, default_eval_data, load_teacher, parse_spec, run_defaults
 
 __all__ = [
     "RANDOM_WEIGHTS",
@@ -16,4 +16,5 @@ __all__ = [
     "default_eval_data",
     "load_teacher",
     "parse_spec",
+    "run_defaults",
 ]

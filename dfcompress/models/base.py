@@ -35,6 +35,9 @@ class ModelSource(abc.ABC):
     examples: ClassVar[tuple[str, ...]] = ()
     #: the model a bare ``<source>`` spec means; None when a name is required
     default_name: ClassVar[str | None] = None
+    #: run settings that suit this source's models, below config files and flags in precedence
+    #: (for example a CPU-sized budget for the demo teacher)
+    run_defaults: ClassVar[dict] = {}
 
     @abc.abstractmethod
     def build(
@@ -178,3 +181,8 @@ def default_eval_data(spec: str, *, registry: Registry | None = None) -> str | N
     """The evaluation data that fits ``spec`` out of the box (``demo`` -> ``digits:test``), if any."""
     source, name = parse_spec(spec, registry=registry)
     return source.default_eval_data(name)
+
+
+def run_defaults(spec: str, *, registry: Registry | None = None) -> dict:
+    """The run settings the teacher's source suggests (lowest precedence above the dataclass defaults)."""
+    return dict(parse_spec(spec, registry=registry).source.run_defaults)

@@ -145,6 +145,8 @@ class DemoSource(ModelSource):
     summary = "small CNN trained on first use on scikit-learn's digits (the embedded default)"
     examples = ("demo", "demo:small")
     default_name = "teacher"
+    #: the embedded default runs in a few minutes on 2 CPU cores (see README, "demo budget")
+    run_defaults = {"num_images": 512, "iterations": 300, "student": "demo:small"}
 
     def names(self) -> list[str]:
         from .demo import ARCHS
