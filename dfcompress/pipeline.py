@@ -122,11 +122,14 @@ class Run:
         return cls(config, self.ctx)
 
     def synthesizer(self) -> Any:
+        """The configured synthesizer; the run's ``iterations`` budget applies to those that iterate."""
+        cls = self.registry.get("synthesizers", self.config.synth)
         overrides = {}
         if self.config.iterations is not None:
-            if "iterations" not in {o.name for o in opts.options_of(self.registry.get("synthesizers", self.config.synth).Config)}:
-                raise ConfigError(f"synthesizer {self.config.synth} has no iterations; drop --iterations")
-            overrides["iterations"] = self.config.iterations
+            if "iterations" in {o.name for o in opts.options_of(cls.Config)}:
+                overrides["iterations"] = self.config.iterations
+            else:
+                logger.info("synthesizer %s does not iterate; --iterations is not used", self.config.synth)
         return self.component("synthesizers", self.config.synth, {**overrides, **self.config.synth_options})
 
     def distiller(self, defaults: dict | None = None) -> Any:
