@@ -73,7 +73,8 @@ def timed(fn) -> tuple[float, float]:
 
 
 def run_iterations(synth, labels, ctx, n: int):
-    synth.config = dataclasses.replace(synth.config, iterations=n)
+    if any(f.name == "iterations" for f in dataclasses.fields(synth.config)):
+        synth.config = dataclasses.replace(synth.config, iterations=n)
     return synth.synthesize_batch(labels, generator=ctx.generator(0))
 
 
@@ -89,6 +90,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quality-batch", type=int, default=100)
     parser.add_argument("--cross", default=None, choices=sorted(WEIGHTS))
     parser.add_argument("--skip-timing", action="store_true")
+    parser.add_argument("--stats", default=None, help="class statistics for seeded (default: statistics of random images)")
+    parser.add_argument("--grid", default=None, help="save each quality batch as DIR/<synth>-<teacher>-<N>it.png (one column per class)")
     args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)
@@ -99,7 +102,9 @@ def main(argv: list[str] | None = None) -> None:
     ctx = RunContext(log_every=10**9)
     teacher = load(args.teacher)
     stats_path = None
-    if any(s.startswith("seeded") for s in args.synths.split(",")):
+    if args.stats:
+        stats_path = args.stats
+    elif any(s.startswith("seeded") for s in args.synths.split(",")):
         # timing/quality only: statistics of random 'seed' images (no data set is shipped here)
         g = torch.Generator().manual_seed(0)
         seeds = torch.rand(200, 3, 32, 32, generator=g)
@@ -156,6 +161,12 @@ def main(argv: list[str] | None = None) -> None:
                 with torch.no_grad():
                     pred = cross.model(cross.input.normalize(batch.images)).argmax(1)
                 cross_acc = f"{float((pred == batch.labels).float().mean()):.3f}"
+            if args.grid:
+                from torchvision.utils import save_image
+
+                Path(args.grid).mkdir(parents=True, exist_ok=True)
+                tag = spec.replace(":", "-").replace(",", "-").replace("=", "")
+                save_image(batch.images, str(Path(args.grid) / f"{tag}-{args.teacher}-{args.quality_iterations}it.png"), nrow=10, padding=1)
             print(f"| {spec} | {args.quality_iterations} | {args.quality_batch} | {batch.metrics['teacher_acc']:.3f} | "
                   f"{cross_acc} | {batch.metrics.get('loss_bn', float('nan')):.2f} | {batch.metrics['seconds']:.0f} |")
             sys.stdout.flush()

@@ -1,0 +1,198 @@
+"""NaturalInversion (Kim et al., AAAI 2022), Algorithm 1, written from the paper and its appendix.
+
+For every batch (one-to-one): initialise a conditional generator G (Table 6), a Feature Transfer
+Pyramid P (Eq. 5, Table 7) and Adaptive Channel Scaling alpha in R^{B x C x 1 x 1} ~ N(5, 1)
+(Eq. 6), sample z ~ N(0, 1)^1024, then for each inversion step
+
+    x^   = G(z|y)                                   generator output
+    m_L  = P(T_features(x^))                        FTP on the teacher's pyramid of x^
+    x^'  = tanh(W1_out(m_L + x^))                   Table 7 output row
+    I^   = alpha * x^'                              Eq. 7
+    L    = CE(T(I~), y) + lambda_BN R_BN(I~) + lambda_TV R_TV(I~) + lambda_l2 ||I~||_2   (Eq. 8)
+
+with I~ the randomly jittered/flipped I^, and update G, P and alpha jointly with Adam (learning
+rates 1e-3, 5e-4, 5e-2). The lowest-loss I^ of the batch is returned; G, P and alpha are then
+discarded. See docs/synthesizers.md for the departures from the reference implementation.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from ..components import SynthBatch, Synthesizer, Teacher
+from ..errors import ConfigError
+from .bn_stats import BNStatistics
+from .inversion import BestSnapshot, finish_batch, report_progress, require_batchnorm
+from .natural_nets import ConditionalGenerator, FeatureTransferPyramid, reset_parameters
+from .priors import cpu_generator_from, jitter_flip, l2_norm, total_variation
+from .pyramid import FeatureTaps, PyramidLevel, find_pyramid
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class NaturalInversionConfig:
+    iterations: int = field(default=2000, metadata={"help": "inversion steps per batch (paper: 2k for CIFAR-10, 4k for CIFAR-100)"})
+    lr_generator: float = field(default=1e-3, metadata={"help": "Adam learning rate of the generator (paper appendix: 0.001)"})
+    lr_ftp: float = field(default=5e-4, metadata={"help": "Adam learning rate of the Feature Transfer Pyramid (paper appendix: 0.0005)"})
+    lr_alpha: float = field(default=5e-2, metadata={"help": "Adam learning rate of the Adaptive Channel Scaling alpha (paper appendix: 0.05)"})
+    bn_scale: float = field(default=10.0, metadata={"help": "lambda_BN (paper: 10 for CIFAR-10, 3 for CIFAR-100)"})
+    tv_scale: float = field(default=6e-3, metadata={"help": "lambda_TV, weight of the 4-direction total variation (paper: 6e-3)"})
+    l2_scale: float = field(default=1.5e-5, metadata={"help": "lambda_l2, weight of ||I||_2 (paper: 1.5e-5)"})
+    ce_scale: float = field(default=1.0, metadata={"help": "weight of the cross-entropy term"})
+    latent_dim: int = field(default=1024, metadata={"help": "dimension of z ~ N(0, 1) (Table 6: 1024)"})
+    generator_width: int = field(default=64, metadata={"help": "channels of the generator's first blocks (Table 6: 128; default 64 for speed, see docs; the last block has half)"})
+    alpha_mean: float = field(default=5.0, metadata={"help": "mean of the N(mean, std) initialisation of alpha (paper: 5)"})
+    alpha_std: float = field(default=1.0, metadata={"help": "std of the initialisation of alpha (paper: 1)"})
+    one_to_one: bool = field(default=True, metadata={"help": "re-initialise generator and FTP for every batch (Table 3 ablation switch)"})
+    ftp: bool = field(default=True, metadata={"help": "use the Feature Transfer Pyramid (Table 3 ablation switch)"})
+    acs: bool = field(default=True, metadata={"help": "use Adaptive Channel Scaling alpha (Table 3 ablation switch)"})
+    jitter: int = field(default=2, metadata={"help": "random roll of up to this many pixels of I before the teacher (reference code: 2)"})
+    flip: bool = field(default=True, metadata={"help": "random horizontal flip of I before the teacher"})
+
+
+class _Nets(nn.Module):
+    """The generator and the FTP of one batch (or of the whole run when one_to_one is off)."""
+
+    def __init__(self, generator: ConditionalGenerator, ftp: FeatureTransferPyramid | None) -> None:
+        super().__init__()
+        self.generator = generator
+        self.ftp = ftp
+
+
+class NaturalInversion(Synthesizer):
+    name = "natural"
+    summary = "NaturalInversion: one-to-one generator + Feature Transfer Pyramid + Adaptive Channel Scaling"
+    paper = "Kim et al., NaturalInversion: Data-Free Image Synthesis Improving Real-World Consistency, AAAI 2022"
+    Config = NaturalInversionConfig
+
+    def setup(self, teacher: Teacher) -> None:
+        cfg = self.config
+        require_batchnorm(teacher, "natural")
+        if cfg.iterations < 1:
+            raise ConfigError("natural: iterations must be >= 1")
+        if cfg.generator_width < 2:
+            raise ConfigError("natural: generator_width must be >= 2")
+        self.teacher = teacher
+        self.levels: list[PyramidLevel] = find_pyramid(teacher.model, teacher.input, self.ctx.device) if cfg.ftp else []
+        self._nets: _Nets | None = None
+        self._net_optimizer: torch.optim.Optimizer | None = None
+
+    def _build_nets(self, init: torch.Generator) -> tuple[_Nets, torch.optim.Optimizer]:
+        cfg, spec = self.config, self.teacher.input
+        gen = ConditionalGenerator(cfg.latent_dim, spec.num_classes, spec.channels, spec.image_size, cfg.generator_width)
+        ftp = None
+        if cfg.ftp:
+            ftp = FeatureTransferPyramid(
+                [level.channels for level in self.levels], [level.size for level in self.levels], spec.channels, spec.image_size
+            )
+        nets = _Nets(gen, ftp)
+        reset_parameters(nets, init)
+        nets = nets.to(self.ctx.device).train()
+        groups = [{"params": list(gen.parameters()), "lr": cfg.lr_generator}]
+        if ftp is not None:
+            groups.append({"params": list(ftp.parameters()), "lr": cfg.lr_ftp})
+        return nets, torch.optim.Adam(groups)
+
+    def synthesize_batch(
+        self, labels: torch.Tensor, *, generator: torch.Generator, student: nn.Module | None = None
+    ) -> SynthBatch:
+        cfg, ctx, teacher = self.config, self.ctx, self.teacher
+        start = time.perf_counter()
+        device = ctx.device
+        labels = labels.to(device)
+        batch = labels.numel()
+        aux = cpu_generator_from(generator)
+        if cfg.one_to_one or self._nets is None:
+            self._nets, self._net_optimizer = self._build_nets(aux)
+        nets, net_optimizer = self._nets, self._net_optimizer
+        assert net_optimizer is not None
+        z = torch.randn((batch, cfg.latent_dim), generator=generator, device=generator.device).to(device)
+        alpha = torch.randn((batch, teacher.input.channels, 1, 1), generator=generator, device=generator.device)
+        alpha = (alpha * cfg.alpha_std + cfg.alpha_mean).to(device).requires_grad_(cfg.acs)
+        alpha_optimizer = torch.optim.Adam([alpha], lr=cfg.lr_alpha) if cfg.acs else None
+        scaler = ctx.grad_scaler()
+        best = BestSnapshot()
+        bn = BNStatistics(teacher.model)
+        taps = FeatureTaps(teacher.model, self.levels) if nets.ftp is not None else None
+        done = 0
+        try:
+            for step in range(1, cfg.iterations + 1):
+                if ctx.stop_requested:
+                    break
+                image = self._render(nets, z, labels, alpha, bn, taps)
+                image_jit = jitter_flip(image, aux, max_shift=cfg.jitter, flip=cfg.flip)
+                with ctx.autocast():
+                    logits = teacher.model(image_jit)
+                terms = {
+                    "loss_ce": nn.functional.cross_entropy(logits.float(), labels),
+                    "loss_bn": bn.loss().to(device),
+                    "loss_tv": total_variation(image_jit),
+                    "loss_l2": l2_norm(image_jit),
+                }
+                total = cfg.ce_scale * terms["loss_ce"] + cfg.bn_scale * terms["loss_bn"]
+                total = total + cfg.tv_scale * terms["loss_tv"] + cfg.l2_scale * terms["loss_l2"]
+                terms["loss"] = total
+                best.update(total, image, terms)
+                net_optimizer.zero_grad(set_to_none=True)
+                if alpha_optimizer is not None:
+                    alpha_optimizer.zero_grad(set_to_none=True)
+                scaler.scale(total).backward()
+                scaler.step(net_optimizer)
+                if alpha_optimizer is not None:
+                    scaler.step(alpha_optimizer)
+                scaler.update()
+                done = step
+                report_progress(logger, ctx, "natural", step, cfg.iterations, terms,
+                                "lower the learning rates or bn_scale, or use --precision 32-true")
+        finally:
+            bn.remove()
+            if taps is not None:
+                taps.remove()
+        if best.images is None:
+            with torch.no_grad():
+                best.update(torch.zeros((), device=device), self._render(nets, z, labels, alpha, bn, taps), {})
+        if cfg.one_to_one:
+            self._nets, self._net_optimizer = None, None
+        return finish_batch(teacher, ctx, best.images, labels, best.terms,
+                            iterations=done, seconds=time.perf_counter() - start)
+
+    def _render(
+        self,
+        nets: _Nets,
+        z: torch.Tensor,
+        labels: torch.Tensor,
+        alpha: torch.Tensor,
+        bn: BNStatistics,
+        taps: FeatureTaps | None,
+    ) -> torch.Tensor:
+        """I^ = alpha * tanh(W1_out(P(T_features(G(z|y))) + G(z|y))) (Algorithm 1, lines 5-8)."""
+        ctx = self.ctx
+        with ctx.autocast():
+            generated = nets.generator(z, labels)
+        generated = generated.float()
+        if nets.ftp is not None and taps is not None:
+            bn.active = False
+            taps.clear()
+            taps.active = True
+            try:
+                with torch.no_grad(), ctx.autocast():
+                    self.teacher.model(generated.detach())
+                features = [f.float() for f in taps.features()]
+            finally:
+                bn.active = True
+                taps.active = False
+                taps.clear()
+            with ctx.autocast():
+                image = nets.ftp.combine(generated, nets.ftp(features))
+        else:
+            image = torch.tanh(generated)
+        image = image.float()
+        return alpha * image if self.config.acs else image
+
+    def close(self) -> None:
+        self._nets, self._net_optimizer = None, None
