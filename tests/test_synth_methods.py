@@ -252,3 +252,29 @@ def test_stats_command_does_not_import_torch_at_import_time():
     code = "import sys, dfcompress.synth.stats_command as m; assert 'torch' not in sys.modules; print(m.stats.name)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "stats"
+
+
+def test_natural_competition_term_uses_the_student_without_touching_it(tiny_teacher):
+    import copy
+
+    import pytest
+    import torch
+
+    from dfcompress.context import RunContext
+    from dfcompress.errors import ConfigError
+    from dfcompress.synth.natural import NaturalInversion, NaturalInversionConfig
+
+    student = copy.deepcopy(tiny_teacher.model).train()
+    for p in student.parameters():
+        p.requires_grad_(True)
+    before = {k: v.clone() for k, v in student.state_dict().items()}
+    synth = NaturalInversion(NaturalInversionConfig(iterations=2, adi_scale=0.2), RunContext())
+    synth.setup(tiny_teacher)
+    labels = torch.arange(4)
+    with pytest.raises(ConfigError, match="needs the current student"):
+        synth.synthesize_batch(labels, generator=torch.Generator().manual_seed(0))
+    batch = synth.synthesize_batch(labels, generator=torch.Generator().manual_seed(0), student=student)
+    synth.close()
+    assert "loss_adi" in batch.metrics and 0.0 <= batch.metrics["loss_adi"] <= 1.0
+    assert student.training and all(p.requires_grad and p.grad is None for p in student.parameters())
+    assert all(torch.equal(before[k], v) for k, v in student.state_dict().items())

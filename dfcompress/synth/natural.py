@@ -28,7 +28,7 @@ from ..errors import ConfigError
 from .bn_stats import BNStatistics
 from .inversion import BestSnapshot, finish_batch, report_progress, require_batchnorm
 from .natural_nets import ConditionalGenerator, FeatureTransferPyramid, reset_parameters
-from .priors import cpu_generator_from, jitter_flip, l2_norm, total_variation
+from .priors import cpu_generator_from, frozen, jitter_flip, js_divergence, l2_norm, total_variation
 from .pyramid import FeatureTaps, PyramidLevel, find_pyramid
 
 logger = logging.getLogger(__name__)
@@ -53,6 +53,8 @@ class NaturalInversionConfig:
     acs: bool = field(default=True, metadata={"help": "use Adaptive Channel Scaling alpha (Table 3 ablation switch)"})
     jitter: int = field(default=2, metadata={"help": "random roll of up to this many pixels of I before the teacher (reference code: 2)"})
     flip: bool = field(default=True, metadata={"help": "random horizontal flip of I before the teacher"})
+    adi_scale: float = field(default=0.0, metadata={"help": "Adaptive DI competition weight (1 - JS(teacher, student)), as the paper's 'A-ours' rows; needs a student"})
+    adi_temperature: float = field(default=3.0, metadata={"help": "softmax temperature of the competition term"})
 
 
 class _Nets(nn.Module):
@@ -102,6 +104,13 @@ class NaturalInversion(Synthesizer):
         self, labels: torch.Tensor, *, generator: torch.Generator, student: nn.Module | None = None
     ) -> SynthBatch:
         cfg, ctx, teacher = self.config, self.ctx, self.teacher
+        if cfg.adi_scale > 0 and student is None:
+            raise ConfigError("natural: adi_scale > 0 needs the current student; run it inside a distillation task or set adi_scale=0")
+        with frozen(student if cfg.adi_scale > 0 else None):
+            return self._synthesize(labels, generator, student if cfg.adi_scale > 0 else None)
+
+    def _synthesize(self, labels: torch.Tensor, generator: torch.Generator, student: nn.Module | None) -> SynthBatch:
+        cfg, ctx, teacher = self.config, self.ctx, self.teacher
         start = time.perf_counter()
         device = ctx.device
         labels = labels.to(device)
@@ -136,6 +145,11 @@ class NaturalInversion(Synthesizer):
                 }
                 total = cfg.ce_scale * terms["loss_ce"] + cfg.bn_scale * terms["loss_bn"]
                 total = total + cfg.tv_scale * terms["loss_tv"] + cfg.l2_scale * terms["loss_l2"]
+                if student is not None:
+                    with ctx.autocast():
+                        student_logits = student(image_jit)
+                    terms["loss_adi"] = 1.0 - js_divergence(logits, student_logits, cfg.adi_temperature).clamp(0.0, 1.0)
+                    total = total + cfg.adi_scale * terms["loss_adi"]
                 terms["loss"] = total
                 best.update(total, image, terms)
                 net_optimizer.zero_grad(set_to_none=True)

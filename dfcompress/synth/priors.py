@@ -1,7 +1,11 @@
 """Image priors (total variation, l2) and the random jitter/flip applied before each teacher forward."""
 from __future__ import annotations
 
+import contextlib
+from typing import Iterator
+
 import torch
+from torch import nn
 
 
 def total_variation(x: torch.Tensor) -> torch.Tensor:
@@ -65,3 +69,23 @@ def js_divergence(logits_p: torch.Tensor, logits_q: torch.Tensor, temperature: f
     kl_pm = (p * (p.clamp_min(1e-12).log() - m.log())).sum(dim=1)
     kl_qm = (q * (q.clamp_min(1e-12).log() - m.log())).sum(dim=1)
     return (0.5 * (kl_pm + kl_qm)).mean()
+
+
+@contextlib.contextmanager
+def frozen(model: nn.Module | None) -> Iterator[None]:
+    """Eval mode and no parameter gradients for ``model`` (the ADI student) while images are optimised
+    through it; both are restored afterwards. ``None`` is a no-op."""
+    if model is None:
+        yield
+        return
+    was_training = model.training
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    model.eval()
+    for p, _ in flags:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+        model.train(was_training)
