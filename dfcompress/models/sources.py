@@ -146,7 +146,8 @@ class DemoSource(ModelSource):
     examples = ("demo", "demo:small")
     default_name = "teacher"
     #: the embedded default runs in a few minutes on 2 CPU cores (see README, "demo budget")
-    run_defaults = {"num_images": 512, "iterations": 300, "student": "demo:small"}
+    run_defaults = {"num_images": 512, "iterations": 300, "student": "demo:small", "epochs": 60,
+                    "distill_options": {"lr": 0.05}}
 
     def names(self) -> list[str]:
         from .demo import ARCHS
