@@ -23,6 +23,17 @@ def _isolated_env(monkeypatch, tmp_path_factory):
     get_registry.cache_clear()
 
 
+@pytest.fixture
+def one_thread():
+    """Tiny models run fastest on one thread, and a busy shared CPU does not stall intra-op thread barriers."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def shared_path(*parts: str) -> Path:
     """A path under ../shared, or skip the test with the reason."""
     path = SHARED.joinpath(*parts)

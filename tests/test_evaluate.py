@@ -16,12 +16,7 @@ from dfcompress.metrics.frechet import gaussian, trace_sqrt_product
 SPEC = InputSpec(image_size=(32, 32), num_classes=10)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # -- cost ---------------------------------------------------------------------------------------------

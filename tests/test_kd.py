@@ -17,12 +17,7 @@ STUDENT_LOGITS = [[1.0, 2.0, 3.0], [0.5, -1.0, 0.0]]
 TEACHER_LOGITS = [[3.0, 1.0, 0.0], [0.0, 0.0, 2.0]]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _reference_kd(student, teacher, temperature):

@@ -75,13 +75,7 @@ HEADS = {"timm:test_resnet": "fc", "timm:test_efficientnet": "classifier", "timm
          "torchvision:vgg11_bn": "classifier.6", "torchvision:efficientnet_b0": "classifier.1"}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run fastest on one thread, and a busy shared CPU does not stall intra-op thread barriers."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def out_channels(model: nn.Module) -> dict[str, int]:
