@@ -78,6 +78,16 @@ def _save_grid(run: Run, data: Any, per_class: int = 8) -> None:
     run.artifacts["grid"] = str(path.relative_to(run.out_dir))
 
 
+def _record_size(run: Run, name: str, path: Any) -> None:
+    """The saved model's file size, and the teacher's weights file for comparison."""
+    from .evaluate import disk_size
+
+    models = run.metrics.setdefault("models", {})
+    models.setdefault(name, {})["size_mb"] = round(disk_size(path) / 1e6, 4)
+    if run.config.weights and "teacher" in models:
+        models["teacher"]["size_mb"] = round(disk_size(run.config.weights) / 1e6, 4)
+
+
 def save_student(run: Run, model: nn.Module, spec: str) -> str:
     """Save a trained model as a state dict with its spec: it reloads as ``--teacher SPEC --weights FILE``."""
     from .io import atomic_write
@@ -119,6 +129,7 @@ class DistillTask(Task):
             evaluate_model(run, "teacher", teacher.model)
             evaluate_model(run, "student", student, reference=teacher.model)
         run.artifacts["model"] = save_student(run, student, student_spec)
+        _record_size(run, "student", run.out_dir / run.artifacts["model"])
         return run.metrics
 
     def _alternate(self, run: Run, synth: Any, student: nn.Module, distiller: Any) -> Any:
@@ -192,6 +203,7 @@ class PruneTask(Task):
         path = run.out_dir / "pruned.pt"
         save_pruned(pruned, path, arch=run.config.teacher, input_spec=teacher.input)
         run.artifacts["model"] = path.name
+        _record_size(run, "final", path)
         return run.metrics
 
 
