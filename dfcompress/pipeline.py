@@ -70,6 +70,8 @@ class Run:
         self.metrics: dict[str, Any] = {}
         self.timings: dict[str, float] = {}
         self.artifacts: dict[str, str] = {}
+        #: values computed once per run and shared between stages (e.g. the teacher's eval logits)
+        self.cache: dict[str, Any] = {}
         self._teacher: Teacher | None = None
         self._eval_data: Any = None
         self._lock = DirectoryLock(self.out_dir)

@@ -24,9 +24,12 @@ def _train_copy(model: nn.Module) -> nn.Module:
     return model
 
 
-def evaluate_model(run: Run, name: str, model: nn.Module, *, reference: nn.Module | None = None) -> dict[str, Any]:
-    """Size, MACs and CPU latency always; accuracy (and agreement with ``reference``) on real data if any."""
+def evaluate_model(run: Run, name: str, model: nn.Module, *, compare_to_teacher: bool = False) -> dict[str, Any]:
+    """Size, MACs and CPU latency always; on real data (if any) top-1 (top-5 above 10 classes) and, with
+    ``compare_to_teacher``, top-1 agreement with the teacher. Each model sees the data once; the teacher's
+    predictions are computed once per run."""
     from . import evaluate as ev
+    from .metrics.classification import topk_accuracy
 
     spec = run.teacher.input
     model.eval()
@@ -38,12 +41,26 @@ def evaluate_model(run: Run, name: str, model: nn.Module, *, reference: nn.Modul
     }
     data = run.eval_data
     if data is not None:
-        result.update(ev.accuracy(model, data.images, data.labels, spec, device=run.ctx.device))
-        if reference is not None:
-            result["agreement"] = round(ev.agreement(model, reference, data.images, spec, device=run.ctx.device), 4)
+        logits = _eval_logits(run, model)
+        result.update(topk_accuracy(logits, data.labels, (1, 5) if logits.shape[1] > 10 else (1,)))
+        if compare_to_teacher:
+            teacher = run.cache.get("teacher_logits")
+            if teacher is None:
+                teacher = run.cache["teacher_logits"] = _eval_logits(run, run.teacher.model)
+            result["agreement"] = round(logits.argmax(1).eq(teacher.argmax(1)).float().mean().item(), 4)
+        elif model is run.teacher.model:
+            run.cache["teacher_logits"] = logits
     run.metrics.setdefault("models", {})[name] = result
     logger.info("%s: %s", name, result)
     return result
+
+
+def _eval_logits(run: Run, model: nn.Module) -> torch.Tensor:
+    from .metrics.features import logits_and_features
+
+    logits, _ = logits_and_features(model, run.eval_data.images, run.teacher.input, device=run.ctx.device,
+                                    features=False)
+    return logits
 
 
 def assess_synthetic(run: Run, data: Any) -> None:
@@ -127,7 +144,7 @@ class DistillTask(Task):
             assess_synthetic(run, data)
         with run.stage("evaluate"):
             evaluate_model(run, "teacher", teacher.model)
-            evaluate_model(run, "student", student, reference=teacher.model)
+            evaluate_model(run, "student", student, compare_to_teacher=True)
         run.artifacts["model"] = save_student(run, student, student_spec)
         _record_size(run, "student", run.out_dir / run.artifacts["model"])
         return run.metrics
@@ -190,14 +207,14 @@ class PruneTask(Task):
                                 **result.as_dict()}
         with run.stage("evaluate"):
             evaluate_model(run, "teacher", teacher.model)
-            evaluate_model(run, "pruned", copy.deepcopy(pruned), reference=teacher.model)
+            evaluate_model(run, "pruned", copy.deepcopy(pruned), compare_to_teacher=True)
         distiller = run.distiller(self.distill_defaults)
         with run.stage("fine-tune"):
             pruned.train()
             run.metrics["distill"] = distiller.fit(pruned, teacher, data.images, data.labels,
                                                    checkpoint=run.out_dir / "checkpoints" / "finetune.pt")
         with run.stage("evaluate"):
-            evaluate_model(run, "final", pruned, reference=teacher.model)
+            evaluate_model(run, "final", pruned, compare_to_teacher=True)
         from .prune import save_pruned
 
         path = run.out_dir / "pruned.pt"
