@@ -176,7 +176,7 @@ def cells_table(frame: Any, link_base: Path, csv_dir: Path) -> Any:
                     entry[title] = ""
             else:
                 entry[title] = "" if v is None or (isinstance(v, float) and v != v) else str(v)
-        if r.get("status") != "ok" and isinstance(r.get("reason"), str):
+        if r.get("status") != "ok" and isinstance(r.get("reason"), str) and r["reason"].strip():
             entry["status"] += f" ({r['reason']})"
         entry["config / log"] = _links(pd.DataFrame([r]), link_base, csv_dir)
         out.append(entry)
