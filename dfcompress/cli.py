@@ -13,7 +13,7 @@ from typing import Any, Iterator
 import click
 
 from ._version import __version__
-from .config import COMPONENT_TABLES, SCALAR_FIELDS, make_run_config, read_config_file
+from .config import COMPONENT_TABLES, SCALAR_FIELDS, SYNTHESIZE_FIELDS, make_run_config, read_config_file
 from .errors import DFCompressError, Interrupted
 from .options import Option, parse_assignments
 
@@ -181,13 +181,8 @@ def run(ctx: click.Context, config_file, resume, as_json, synth_opt, distill_opt
     click.echo(f"\ntime: {timing}\nreport: {run_.out_dir / 'report.md'}")
 
 
-SYNTH_FIELDS = [o for o in SCALAR_FIELDS if o.name in {
-    "teacher", "weights", "trust_weights", "synth", "num_images", "batch_size", "labels", "iterations", "device",
-    "precision", "seed"}]
-
-
 @cli.command(context_settings=CONTEXT_SETTINGS)
-@run_config_options(SYNTH_FIELDS)
+@run_config_options(SYNTHESIZE_FIELDS)
 @click.option("-s", "--synth-opt", "synth_opt", multiple=True, metavar="KEY=VALUE", help="a synthesizer option")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="data set directory (re-run to resume)")
 @click.option("--export-png", type=click.Path(file_okay=False), help="also export the images as an ImageFolder of PNGs")

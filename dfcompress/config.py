@@ -68,6 +68,10 @@ class RunConfig:
 
 
 SCALAR_FIELDS = [o for o in options_of(RunConfig) if o.name not in COMPONENT_TABLES]
+#: the run settings that decide a synthetic data set (the options of ``dfcompress synthesize``)
+SYNTHESIZE_FIELDS = [o for o in SCALAR_FIELDS if o.name in {
+    "teacher", "weights", "trust_weights", "synth", "num_images", "batch_size", "labels", "iterations", "device",
+    "precision", "seed"}]
 
 
 def read_config_file(path: str | Path) -> dict:

@@ -165,6 +165,7 @@ class DistillTask(Task):
         per_round = max(1, math.ceil(epochs / rounds))
         round_distiller = type(distiller)(dataclasses.replace(distiller.config, epochs=per_round), run.ctx)
         synth.setup(run.teacher)
+        spent = {"epochs": 0, "seconds": 0.0}
         try:
             for plan in writer.plan():
                 student.eval()
@@ -178,9 +179,14 @@ class DistillTask(Task):
                         student, run.teacher, pool.images, pool.labels,
                         checkpoint=run.out_dir / "checkpoints" / f"distill-round{plan.index:03d}.pt",
                     )
+                spent["epochs"] += run.metrics["distill"].get("epochs", 0)
+                spent["seconds"] += run.metrics["distill"].get("seconds", 0.0)
         finally:
             synth.close()
+        # the last round's figures, with epochs and seconds summed over the rounds
+        run.metrics["distill"].update(epochs=spent["epochs"], seconds=round(spent["seconds"], 3), epochs_per_round=per_round)
         run.metrics["adi_rounds"] = rounds
+        run.artifacts["synthetic"] = str(directory)
         return synthdata.load(directory)
 
 

@@ -4,6 +4,7 @@ runner (with a fake `dfcompress` launcher), equal-time calibration, result CSVs,
 from __future__ import annotations
 
 import json
+import shutil
 import os
 import signal
 import subprocess
@@ -58,6 +59,11 @@ if args[:2] == ["data", "import"]:
     out = Path(opt("--out")); out.mkdir(parents=True, exist_ok=True)
     (out / "manifest.json").write_text(json.dumps({"complete": True, "shards": []}))
     sys.exit(0)
+if args[0] == "synthesize":
+    assert "--json" not in args and "--task" not in args, args
+    out = Path(opt("--out")); out.mkdir(parents=True, exist_ok=True)
+    (out / "manifest.json").write_text(json.dumps({"complete": True, "shards": []}))
+    sys.exit(0)
 assert args[0] == "run", args
 if "--resume" in args:
     out = Path(opt("--resume"))
@@ -83,7 +89,7 @@ if os.environ.get("FAKE_HANG", "") and os.environ["FAKE_HANG"] in str(out):
     Path(os.environ["FAKE_STARTED"]).write_text("started")
     time.sleep(60)
     sys.exit(3)
-if "--synthetic" not in args and synth != "noise":
+if "--synthetic" not in args:  # every synthesizer, noise too, writes its images into the run directory
     rates = json.loads(os.environ.get("FAKE_RATES", "{}"))
     rate = rates.get(synth, 1.0)
     n = max(1, iterations)
@@ -368,6 +374,30 @@ def test_runner_skips_finished_cells_and_resumes_killed_ones(tmp_path, fake, mon
     assert runner.run() and calls() == []  # nothing left to do
     attempts = json.loads((failed_dir / "bench.json").read_text())["attempts"]
     assert [a["resumed"] for a in attempts] == [False, True] and [a["exit_code"] for a in attempts] == [1, 0]
+
+
+def test_results_without_their_git_ignored_files_are_completed(tmp_path, fake):
+    """A clone of committed results has each cell's metrics but not its images nor the prerequisites' outputs:
+    the runner makes what a pending cell needs again instead of failing it."""
+    launcher, calls = fake
+    suite = load_suite(make_suite(tmp_path))
+    runner = bench_runner.Runner(suite, launcher=launcher)
+    only = [c for c in suite.cells if c.id in ("di--distill--it10--s0", "real--distill--s0")]
+    assert set(runner.run(only).values()) == {"ok"}
+    calls()
+    shutil.rmtree(runner.cell_dir("di--distill--it10--s0") / "synthetic")
+    shutil.rmtree(runner.results_dir / "_prereq" / "real")
+    prune = next(c for c in suite.cells if c.id == "di--prune--it10--s0")
+    assert runner.run([prune]) == {"di--prune--it10--s0": "ok"}
+    synth, run = calls()
+    assert synth[1] == "synthesize" and synth[synth.index("--iterations") + 1] == "10"
+    assert synth[synth.index("--out") + 1] == "benchmarks/results/tiny/di--distill--it10--s0/synthetic"
+    assert run[1] == "run" and run[run.index("--synthetic") + 1] == synth[synth.index("--out") + 1]
+    # a cell that needs the prerequisite makes it again (its done marker alone is not enough)
+    (runner.cell_dir("real--distill--s0") / "metrics.json").unlink()
+    runner.run([c for c in suite.cells if c.id == "real--distill--s0"])
+    assert calls()[0][1:3] == ["data", "import"]
+    assert (runner.results_dir / "_prereq" / "real" / "manifest.json").is_file()
 
 
 def test_equal_time_budget_is_calibrated_from_finished_cells(tmp_path, fake):

@@ -24,7 +24,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
-from ..config import SCALAR_FIELDS, make_run_config
+from ..config import SCALAR_FIELDS, SYNTHESIZE_FIELDS, make_run_config
 from ..errors import DFCompressError, Interrupted
 from ..io import atomic_write_text
 from .suite import Cell, Suite, SuiteError
@@ -222,6 +222,11 @@ class Runner:
         """A path as the subprocess (running in the repository root) sees it: relative when inside the root."""
         resolved, root = path.resolve(), self.root.resolve()
         return os.path.relpath(resolved, root) if resolved.is_relative_to(root) else str(resolved)
+
+    def _path(self, value: str) -> Path:
+        """A suite path (relative to the repository root) as this runner sees it."""
+        path = Path(self._relocate(value))
+        return path if path.is_absolute() else self.root / path
 
     def cell_dir(self, cell: Cell | str) -> Path:
         return self.results_dir / (cell if isinstance(cell, str) else cell.id)
@@ -456,9 +461,11 @@ class Runner:
         for pid in dict.fromkeys(p for c in cells for p in c.prerequisites):
             prereq = self.suite.prerequisites[pid]
             marker = self.results_dir / "_prereq" / f"{pid}.done.json"
-            if marker.is_file():
+            if marker.is_file() and self._path(prereq.out).exists():
                 status[pid] = None
                 continue
+            if marker.is_file():  # committed results keep the marker, not the (git-ignored) output
+                logger.info("prerequisite %s: %s is missing, making it again", pid, prereq.out)
             if prereq.missing or any(not (self.root / r).exists() for r in prereq.requires):
                 status[pid] = "requirements absent"
                 continue
@@ -499,6 +506,12 @@ class Runner:
                 results[cell.id] = "blocked"
                 logger.warning("skipping %s: it reuses the images of %s, which did not finish", cell.id, cell.depends_on)
                 continue
+            if cell.depends_on:
+                problem = self._restore_images(cell.depends_on)
+                if problem:
+                    results[cell.id] = "blocked"
+                    logger.warning("skipping %s: %s", cell.id, problem)
+                    continue
             (plan,) = self.plan([cell], measure=True)
             if plan.status == "run" and cell.budget is not None and plan.iterations is None:
                 results[cell.id] = "failed"
@@ -509,6 +522,36 @@ class Runner:
             if on_change is not None:
                 on_change()
         return results
+
+    def _restore_images(self, cell_id: str) -> str | None:
+        """Make sure the finished cell ``cell_id`` still has its synthetic images (committed results do not keep
+        them): synthesize them again with the cell's own settings when they are missing. None, or the problem."""
+        out = self.cell_dir(cell_id)
+        synthetic = out / "synthetic"
+        if (synthetic / "manifest.json").is_file() or not (out / "metrics.json").is_file():
+            return None
+        cell = next(c for c in self.suite.cells if c.id == cell_id)
+        config = self._config(cell)
+        if config.get("synthetic"):  # that cell read its images from elsewhere
+            return None
+        if float((config.get("synth_options") or {}).get("adi_scale", 0) or 0) > 0:
+            return (f"the images of {cell_id} were made against its student during distillation and are not kept "
+                    f"in the results; delete {self.rel(out / 'metrics.json')} and re-run to make them again")
+        stored = self._stored_bench(out)
+        if stored.get("iterations") is not None:
+            config["iterations"] = stored["iterations"]
+        names = {o.name for o in SYNTHESIZE_FIELDS}
+        synth_config = {k: v for k, v in config.items() if k in names or k == "synth_options"}
+        args = ["synthesize", *run_args(synth_config, self.rel(synthetic))[:-1]]  # no --json
+        logger.info("the images of %s are missing; making them again: %s", cell_id,
+                    shell_line(self.launcher + ["-q", *args]))
+        rc = self._launch(args, out / "bench.log")
+        if rc == 130:
+            raise Interrupted(f"re-making the images of {cell_id} was interrupted (state saved)",
+                              resume_hint=f"dfcompress bench {self.suite.path}")
+        if rc != 0 or not (synthetic / "manifest.json").is_file():
+            return f"re-making the images of {cell_id} failed (exit {rc}; see {self.rel(out / 'bench.log')})"
+        return None
 
     def _run_cell(self, plan: CellPlan) -> str:
         cell, out = plan.cell, plan.out_dir
