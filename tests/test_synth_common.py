@@ -136,3 +136,39 @@ def test_js_divergence_bounds():
     assert float(js_divergence(a, a)) < 1e-6
     far = js_divergence(torch.tensor([[100.0, 0.0]]), torch.tensor([[0.0, 100.0]]), temperature=1.0)
     assert abs(float(far) - math.log(2)) < 1e-4
+
+
+@pytest.mark.parametrize("train_mode", [False, True])
+def test_fused_batchnorm_path_equals_the_hook_path(train_mode):
+    """Plain BatchNorm layers take the fused forward: same outputs, R_BN and input gradient as the hooks,
+    and the layers are restored afterwards (a layer in training mode falls back to its own forward)."""
+    torch.manual_seed(0)
+    model = TinyBN().train(train_mode)
+    for bn in (model.bn1, model.bn2):
+        bn.running_mean.uniform_(-1, 1)
+        bn.running_var.uniform_(0.5, 2)
+        bn.weight.data.uniform_(0.5, 1.5)
+        bn.bias.data.uniform_(-0.5, 0.5)
+    x0 = torch.randn(6, 2, 5, 5)
+    results = []
+    for fuse in (True, False):
+        state = {k: v.clone() for k, v in model.state_dict().items()}
+        x = x0.clone().requires_grad_(True)
+        with BNStatistics(model, first_multiplier=2.0, fuse=fuse) as stats:
+            assert ("forward" in vars(model.bn1)) == fuse
+            out = model(x)
+            r_bn = stats.loss()
+        (grad,) = torch.autograd.grad(out.square().sum() + r_bn, [x])
+        results.append((out.detach(), r_bn.detach(), grad))
+        model.load_state_dict(state)
+        assert "forward" not in vars(model.bn1) and not model.bn1._forward_pre_hooks
+    for fused, hooked in zip(*results):
+        assert torch.allclose(fused, hooked, rtol=1e-5, atol=1e-6)
+
+
+def test_affine_with_stats_gradient():
+    from dfcompress.synth.bn_stats import _AffineWithStats
+
+    x = torch.randn(3, 4, 5, 2, dtype=torch.float64, requires_grad=True)
+    scale, shift = torch.rand(4, dtype=torch.float64) + 0.5, torch.randn(4, dtype=torch.float64)
+    assert torch.autograd.gradcheck(lambda t: torch.cat([v.flatten() for v in _AffineWithStats.apply(t, scale, shift)]), (x,))

@@ -10,6 +10,13 @@ mu_l and sigma_l^2 the per-channel batch mean and biased variance of the layer's
 with w_l = 1 except the first layer, which may get ``first_multiplier`` (the ImageNet DeepInversion
 code uses 10). Statistics are computed in float32 from one read of the activation (sums and sums of
 squares; see :class:`_ChannelStats` for why not ``torch.var_mean``).
+
+A plain ``nn.BatchNorm1d/2d/3d`` or ``SyncBatchNorm`` in eval mode with a float32 input is an affine map
+per channel; for those, :class:`BNStatistics` computes the layer's output and the statistics of its input
+in one autograd node (:class:`_AffineWithStats`), whose backward is two fused passes over the activation
+instead of four (BatchNorm backward, statistics backward, and the sum of the two gradients): on the
+CIFAR ResNet-56 that is about 8 % of the teacher's forward + backward per iteration. Every other layer
+(timm ``BatchNormAct2d``, a layer in training mode, autocast inputs) gets the forward pre-hook.
 """
 from __future__ import annotations
 
@@ -30,6 +37,31 @@ def find_bn_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return found
 
 
+def _sums(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and biased variance of ``x`` (dim 1) over all other dims, from row sums and row norms."""
+    flat = x.reshape(x.shape[0], x.shape[1], -1)
+    count = flat.shape[0] * flat.shape[2]
+    ones = torch.ones(flat.shape[2], dtype=flat.dtype, device=flat.device)
+    mean = torch.mv(flat.reshape(-1, flat.shape[2]), ones).view(flat.shape[0], -1).sum(dim=0) / count
+    square = torch.linalg.vector_norm(flat, dim=2).square().sum(dim=0) / count
+    return mean, square - mean * mean
+
+
+def _stats_grad(x: torch.Tensor, mean: torch.Tensor, grad_mean: torch.Tensor | None,
+                grad_var: torch.Tensor | None) -> torch.Tensor:
+    """dL/dx = a * x + b from the gradients w.r.t. the per-channel mean and biased variance (one pass)."""
+    count = x.numel() // x.shape[1]
+    grad_mean = torch.zeros_like(mean) if grad_mean is None else grad_mean
+    grad_var = torch.zeros_like(mean) if grad_var is None else grad_var
+    a = grad_var * (2.0 / count)
+    b = grad_mean / count - a * mean
+    return torch.addcmul(b.view(_channel_shape(x)), x, a.view(_channel_shape(x)))
+
+
+def _channel_shape(x: torch.Tensor) -> list[int]:
+    return [1, -1] + [1] * (x.dim() - 2)
+
+
 class _ChannelStats(torch.autograd.Function):
     """Per-channel mean and biased variance, var = E[x^2] - E[x]^2, with a one-pass backward.
 
@@ -45,25 +77,53 @@ class _ChannelStats(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        flat = x.reshape(x.shape[0], x.shape[1], -1)
-        count = flat.shape[0] * flat.shape[2]
-        ones = torch.ones(flat.shape[2], dtype=flat.dtype, device=flat.device)
-        mean = torch.mv(flat.reshape(-1, flat.shape[2]), ones).view(flat.shape[0], -1).sum(dim=0) / count
-        square = torch.linalg.vector_norm(flat, dim=2).square().sum(dim=0) / count
-        var = square - mean * mean
+        mean, var = _sums(x)
         ctx.save_for_backward(x, mean)
         return mean, var
 
     @staticmethod
     def backward(ctx: Any, grad_mean: torch.Tensor | None, grad_var: torch.Tensor | None) -> torch.Tensor:
         x, mean = ctx.saved_tensors
-        count = x.numel() // x.shape[1]
-        grad_mean = torch.zeros_like(mean) if grad_mean is None else grad_mean
-        grad_var = torch.zeros_like(mean) if grad_var is None else grad_var
-        shape = [1, -1] + [1] * (x.dim() - 2)
-        a = grad_var * (2.0 / count)
-        b = grad_mean / count - a * mean
-        return torch.addcmul(b.view(shape), x, a.view(shape))
+        return _stats_grad(x, mean, grad_mean, grad_var)
+
+
+class _AffineWithStats(torch.autograd.Function):
+    """``y = scale * x + shift`` per channel (an eval-mode BatchNorm) and the statistics of ``x``, in one node.
+
+    Backward: dL/dx = scale * dL/dy + a * x + b (see :class:`_ChannelStats`), two ``addcmul`` passes.
+    ``scale`` and ``shift`` get no gradient: the teacher is frozen during synthesis."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        y = torch.addcmul(shift.view(_channel_shape(x)), x, scale.view(_channel_shape(x)))
+        mean, var = _sums(x)
+        ctx.save_for_backward(x, mean, scale)
+        return y, mean, var
+
+    @staticmethod
+    def backward(ctx: Any, grad_y: torch.Tensor | None, grad_mean: torch.Tensor | None,
+                 grad_var: torch.Tensor | None) -> tuple[torch.Tensor, None, None]:
+        x, mean, scale = ctx.saved_tensors
+        grad = _stats_grad(x, mean, grad_mean, grad_var)
+        if grad_y is not None:
+            grad.addcmul_(grad_y, scale.view(_channel_shape(x)))
+        return grad, None, None
+
+
+_PLAIN_BATCHNORM = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+
+
+def _eval_affine(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel (scale, shift) of an eval-mode BatchNorm: y = scale * x + shift (detached)."""
+    with torch.no_grad():
+        scale = torch.rsqrt(module.running_var.float() + module.eps)
+        if module.weight is not None:
+            scale = scale * module.weight.float()
+        shift = -module.running_mean.float() * scale
+        if module.bias is not None:
+            shift = shift + module.bias.float()
+    return scale, shift
 
 
 def channel_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -77,32 +137,61 @@ def bn_distance(mean: torch.Tensor, var: torch.Tensor, running_mean: torch.Tenso
 
 
 class BNStatistics:
-    """Forward pre-hooks on a model's BatchNorm-like layers that collect R_BN of each forward pass.
+    """Hooks on a model's BatchNorm-like layers that collect R_BN of each forward pass.
 
-    Use as a context manager (hooks are removed on exit, also on error), or call :meth:`remove`.
-    While ``active`` is False the hooks do nothing (e.g. for a no-grad feature-extraction pass).
+    Plain BatchNorm layers get a fused forward (an instance attribute ``forward`` computing the eval-mode
+    output and the statistics in one autograd node, see the module docstring; ``fuse=False`` turns it
+    off), every other layer a forward pre-hook. Use as a context manager (everything is removed on exit,
+    also on error), or call :meth:`remove`. While ``active`` is False the layers run their own forward
+    and nothing is collected (e.g. for a no-grad feature-extraction pass).
     After a forward pass, :meth:`loss` returns R_BN of that pass and resets the collected terms.
     """
 
-    def __init__(self, model: nn.Module, *, first_multiplier: float = 1.0) -> None:
+    def __init__(self, model: nn.Module, *, first_multiplier: float = 1.0, fuse: bool = True) -> None:
         self.layers = find_bn_layers(model)
         self.first_multiplier = float(first_multiplier)
         self.active = True
         self._terms: list[torch.Tensor] = []
         self._handles = []
+        self._patched: list[nn.Module] = []
         for index, (_, module) in enumerate(self.layers):
             weight = self.first_multiplier if index == 0 else 1.0
-            self._handles.append(module.register_forward_pre_hook(self._make_hook(module, weight)))
+            if fuse and type(module) in _PLAIN_BATCHNORM and "forward" not in vars(module):
+                module.forward = self._make_forward(module, weight)  # an instance attribute; removed by remove()
+                self._patched.append(module)
+            else:
+                self._handles.append(module.register_forward_pre_hook(self._make_hook(module, weight)))
+
+    def _add(self, module: nn.Module, weight: float, mean: torch.Tensor, var: torch.Tensor) -> None:
+        term = bn_distance(mean, var, module.running_mean, module.running_var)
+        self._terms.append(term * weight if weight != 1.0 else term)
 
     def _make_hook(self, module: nn.Module, weight: float):
         def hook(_module: nn.Module, inputs: tuple[Any, ...]) -> None:
             if not self.active or not inputs or not isinstance(inputs[0], torch.Tensor) or inputs[0].dim() < 2:
                 return
-            mean, var = channel_stats(inputs[0])
-            term = bn_distance(mean, var, module.running_mean, module.running_var)
-            self._terms.append(term * weight if weight != 1.0 else term)
+            self._add(module, weight, *channel_stats(inputs[0]))
 
         return hook
+
+    def _make_forward(self, module: nn.Module, weight: float):
+        original = type(module).forward
+
+        def forward(x: torch.Tensor) -> torch.Tensor:
+            if not self.active or x.dim() < 2:
+                return original(module, x)
+            if module.training or x.dtype != torch.float32:
+                self._add(module, weight, *channel_stats(x))
+                return original(module, x)
+            if x.dim() < 3:  # BatchNorm1d on N x C: the same formula with one position per image
+                y, mean, var = _AffineWithStats.apply(x.unsqueeze(-1), *_eval_affine(module))
+                y = y.squeeze(-1)
+            else:
+                y, mean, var = _AffineWithStats.apply(x, *_eval_affine(module))
+            self._add(module, weight, mean, var)
+            return y
+
+        return forward
 
     def __len__(self) -> int:
         return len(self.layers)
@@ -117,7 +206,9 @@ class BNStatistics:
     def remove(self) -> None:
         for handle in self._handles:
             handle.remove()
-        self._handles = []
+        for module in self._patched:
+            vars(module).pop("forward", None)
+        self._handles, self._patched = [], []
         self._terms = []
 
     def __enter__(self) -> "BNStatistics":
