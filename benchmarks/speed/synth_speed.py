@@ -6,9 +6,10 @@
     python benchmarks/speed/synth_speed.py --teacher timm:mobilenetv3_large_100 --batch 64 --synths noise,deepinversion,natural,seeded --json out.json
 
 Teachers: ``resnet20`` / ``resnet56`` (or ``cifar:resnet20`` / ``cifar:resnet56``) are the CIFAR-10 ResNets with
-their pretrained weights from ../shared/models; any other dfcompress model spec (``torchvision:resnet18``,
-``timm:<name>``, ``cifar:resnet110``) is built through ``dfcompress.models.load_teacher`` with random weights
-(speed does not depend on them), 10 classes and a 32x32 input.
+their pretrained weights from ../shared/models; ``demo`` is the demo teacher with its own weights (trained on
+first use); any other dfcompress model spec (``torchvision:resnet18``, ``timm:<name>``, ``cifar:resnet110``) is
+built through ``dfcompress.models.load_teacher`` with random weights (speed does not depend on them), 10 classes
+and a 32x32 input.
 
 Timing: the bare step is the frozen teacher's forward + backward w.r.t. the input (cross-entropy loss).
 A synthesizer's time per iteration is (T(1 + k iterations) - T(1 iteration)) / k for one batch, which
@@ -62,10 +63,13 @@ def short_name(teacher: str) -> str:
 
 def resolve(teacher: str) -> tuple[str, Path | None]:
     """The dfcompress model spec of ``teacher`` and its pretrained weights (None: random initialisation)."""
+    from dfcompress.models.base import parse_spec
+
     name = short_name(teacher)
     if name in WEIGHTS:
         return f"cifar:{name}", SHARED / WEIGHTS[name]
-    return teacher, None
+    source, model_name = parse_spec(teacher)
+    return teacher, source.default_weights(model_name)  # the demo teacher's own (trained on first use), else None
 
 
 def load(teacher: str, device: str = "cpu"):
