@@ -93,7 +93,8 @@ if "--synthetic" not in args:  # every synthesizer, noise too, writes its images
     rates = json.loads(os.environ.get("FAKE_RATES", "{}"))
     rate = rates.get(synth, 1.0)
     n = max(1, iterations)
-    shards = [{"index": 0, "metrics": {"iterations": float(n), "seconds": n * rate}}]
+    overhead = float(os.environ.get("FAKE_OVERHEAD", "0"))  # fixed seconds per batch (slow first iterations)
+    shards = [{"index": 0, "metrics": {"iterations": float(n), "seconds": n * rate + overhead}}]
     (out / "synthetic").mkdir(exist_ok=True)
     (out / "synthetic" / "manifest.json").write_text(json.dumps({"complete": True, "shards": shards}))
 task = opt("--task", "distill")
@@ -420,20 +421,25 @@ def test_equal_time_budget_is_calibrated_from_finished_cells(tmp_path, fake):
     assert "equal time: 20.0 s per batch" in rows["ni--distill--eq--s0"]["iterations_rule"]
 
 
-def test_equal_time_budget_probes_when_no_cell_measured_it(tmp_path, fake):
+def test_equal_time_budget_probes_when_no_cell_measured_it(tmp_path, fake, monkeypatch):
     launcher, calls = fake
+    monkeypatch.setenv("FAKE_OVERHEAD", "5")  # each batch also costs 5 s that do not grow with iterations
     suite = load_suite(make_suite(tmp_path))
     runner = bench_runner.Runner(suite, launcher=launcher)
     assert runner.run(suite.select(["ni--distill--eq"])) == {"ni--distill--eq--s0": "ok"}
     made = calls()
     probes = [c for c in made if "_calibration" in " ".join(c)]
-    assert len(probes) == 2  # deepinversion and natural, one batch of probe_iterations each
+    assert len(probes) == 4  # deepinversion and natural, one batch of 4 and one of 12 iterations each
+    assert sorted(p[p.index("--iterations") + 1] for p in probes) == ["12", "12", "4", "4"]
     for probe in probes:
-        assert probe[probe.index("--iterations") + 1] == "4" and probe[probe.index("--num-images") + 1] == "32"
-        assert "epochs=1" in probe
+        assert probe[probe.index("--num-images") + 1] == "32" and "epochs=1" in probe
+        assert "--eval-data" not in probe
+    calibration = json.loads(runner.calibration_path.read_text())
+    # the differenced probe sees the fake's true rates, the overhead cancels (one run of 4 would say 1.75 s)
+    assert calibration["di|"]["seconds_per_iter"] == 0.5 and calibration["ni|"]["seconds_per_iter"] == 2.0
+    assert calibration["di|"]["source"].startswith("probe runs of 4 and 12 iterations")
     bench = json.loads((runner.cell_dir("ni--distill--eq--s0") / "bench.json").read_text())
     assert bench["iterations"] == 10
-    assert json.loads(runner.calibration_path.read_text())["di|"]["source"].startswith("probe run of 4 iterations")
 
 
 def test_collected_csv_has_metrics_hardware_and_links(tmp_path, fake):
