@@ -167,10 +167,10 @@ def test_natural_alpha_shape_and_one_to_one_reinitialisation(tiny_teacher, monke
     nets: list[int] = []
     original = natural.NaturalInversion._render
 
-    def spy(self, nets_, z, labels, alpha, bn, taps):
+    def spy(self, nets_, z, labels, alpha, bn, taps, *rest):
         alphas.append(alpha.detach().clone())
         nets.append(id(nets_))
-        return original(self, nets_, z, labels, alpha, bn, taps)
+        return original(self, nets_, z, labels, alpha, bn, taps, *rest)
 
     monkeypatch.setattr(natural.NaturalInversion, "_render", spy)
     synth = natural.NaturalInversion(natural.NaturalInversion.Config(iterations=2, generator_width=16, latent_dim=32), RunContext())
@@ -278,3 +278,35 @@ def test_natural_competition_term_uses_the_student_without_touching_it(tiny_teac
     assert "loss_adi" in batch.metrics and 0.0 <= batch.metrics["loss_adi"] <= 1.0
     assert student.training and all(p.requires_grad and p.grad is None for p in student.parameters())
     assert all(torch.equal(before[k], v) for k, v in student.state_dict().items())
+
+
+def test_natural_init_schemes_and_pre_jitter(tiny_teacher):
+    from dfcompress.errors import ConfigError
+    from dfcompress.synth import natural
+    from dfcompress.synth.natural_nets import ConditionalGenerator, reset_parameters
+
+    gen = ConditionalGenerator(32, 10, 3, (16, 16), 16)
+    stds = {}
+    for scheme in ("pytorch", "kaiming"):
+        reset_parameters(gen, torch.Generator().manual_seed(0), scheme)
+        stds[scheme] = gen.conv_out.weight.std().item()
+        assert (gen.conv_out.bias == 0).all().item() is (scheme == "kaiming")
+    # He normal for ReLU: std sqrt(2 / fan_in); PyTorch's default: U(+-1/sqrt(fan_in)), std 1/sqrt(3 fan_in)
+    fan_in = gen.conv_out.weight[0].numel()
+    assert abs(stds["kaiming"] / (2 / fan_in) ** 0.5 - 1) < 0.15
+    assert abs(stds["pytorch"] / (1 / (3 * fan_in)) ** 0.5 - 1) < 0.15
+    with pytest.raises(ValueError, match="unknown initialisation"):
+        reset_parameters(gen, torch.Generator(), "xavier")
+    with pytest.raises(ConfigError, match="init must be one of"):
+        natural.NaturalInversion(natural.NaturalInversion.Config(init="xavier"), RunContext()).setup(tiny_teacher)
+
+    labels = torch.tensor([0, 1, 2, 3])
+    images = {}
+    for pre in (False, True):
+        cfg = natural.NaturalInversion.Config(iterations=1, generator_width=16, latent_dim=32, pre_jitter=pre,
+                                              init="kaiming", jitter=3)
+        synth = natural.NaturalInversion(cfg, RunContext())
+        synth.setup(tiny_teacher)
+        images[pre] = synth.synthesize_batch(labels, generator=torch.Generator().manual_seed(1)).images
+    # same seed, same nets: only the jitter of G(z|y) before the FTP differs
+    assert not torch.allclose(images[False], images[True])

@@ -27,7 +27,7 @@ from ..components import SynthBatch, Synthesizer, Teacher
 from ..errors import ConfigError
 from .bn_stats import BNStatistics
 from .inversion import BestSnapshot, finish_batch, report_progress, require_batchnorm
-from .natural_nets import ConditionalGenerator, FeatureTransferPyramid, reset_parameters
+from .natural_nets import INIT_SCHEMES, ConditionalGenerator, FeatureTransferPyramid, reset_parameters
 from .priors import cpu_generator_from, frozen, jitter_flip, js_divergence, l2_norm, total_variation
 from .pyramid import FeatureTaps, PyramidLevel, find_pyramid
 
@@ -53,6 +53,9 @@ class NaturalInversionConfig:
     acs: bool = field(default=True, metadata={"help": "use Adaptive Channel Scaling alpha (Table 3 ablation switch)"})
     jitter: int = field(default=2, metadata={"help": "random roll of up to this many pixels of I before the teacher (reference code: 2)"})
     flip: bool = field(default=True, metadata={"help": "random horizontal flip of I before the teacher"})
+    pre_jitter: bool = field(default=False, metadata={"help": "also jitter and flip G(z|y) before the FTP's feature pass and the residual sum (the reference code does; the paper does not say)"})
+    init: str = field(default="pytorch", metadata={"help": "initialisation of the generator and FTP layers: pytorch (PyTorch's default) or kaiming (He normal, zero bias)",
+                                                      "choices": INIT_SCHEMES})
     adi_scale: float = field(default=0.0, metadata={"help": "Adaptive DI competition weight (1 - JS(teacher, student)), as the paper's 'A-ours' rows; needs a student"})
     adi_temperature: float = field(default=3.0, metadata={"help": "softmax temperature of the competition term"})
 
@@ -79,6 +82,8 @@ class NaturalInversion(Synthesizer):
             raise ConfigError("natural: iterations must be >= 1")
         if cfg.generator_width < 2:
             raise ConfigError("natural: generator_width must be >= 2")
+        if cfg.init not in INIT_SCHEMES:
+            raise ConfigError(f"natural: init must be one of {', '.join(INIT_SCHEMES)}, not {cfg.init!r}")
         self.teacher = teacher
         self.levels: list[PyramidLevel] = find_pyramid(teacher.model, teacher.input, self.ctx.device) if cfg.ftp else []
         self._nets: _Nets | None = None
@@ -93,7 +98,7 @@ class NaturalInversion(Synthesizer):
                 [level.channels for level in self.levels], [level.size for level in self.levels], spec.channels, spec.image_size
             )
         nets = _Nets(gen, ftp)
-        reset_parameters(nets, init)
+        reset_parameters(nets, init, cfg.init)
         nets = nets.to(self.ctx.device).train()
         groups = [{"params": list(gen.parameters()), "lr": cfg.lr_generator}]
         if ftp is not None:
@@ -133,7 +138,7 @@ class NaturalInversion(Synthesizer):
             for step in range(1, cfg.iterations + 1):
                 if ctx.stop_requested:
                     break
-                image = self._render(nets, z, labels, alpha, bn, taps)
+                image = self._render(nets, z, labels, alpha, bn, taps, aux if cfg.pre_jitter else None)
                 image_jit = jitter_flip(image, aux, max_shift=cfg.jitter, flip=cfg.flip)
                 with ctx.autocast():
                     logits = teacher.model(image_jit)
@@ -183,12 +188,16 @@ class NaturalInversion(Synthesizer):
         alpha: torch.Tensor,
         bn: BNStatistics,
         taps: FeatureTaps | None,
+        pre_jitter: torch.Generator | None = None,
     ) -> torch.Tensor:
-        """I^ = alpha * tanh(W1_out(P(T_features(G(z|y))) + G(z|y))) (Algorithm 1, lines 5-8)."""
+        """I^ = alpha * tanh(W1_out(P(T_features(G(z|y))) + G(z|y))) (Algorithm 1, lines 5-8); with
+        ``pre_jitter`` (a CPU generator) G(z|y) is jittered and flipped first (option ``pre_jitter``)."""
         ctx = self.ctx
         with ctx.autocast():
             generated = nets.generator(z, labels)
         generated = generated.float()
+        if pre_jitter is not None:
+            generated = jitter_flip(generated, pre_jitter, max_shift=self.config.jitter, flip=self.config.flip)
         if nets.ftp is not None and taps is not None:
             bn.active = False
             taps.clear()
