@@ -195,6 +195,18 @@ def test_random_crop_pads_black_in_pixel_space_and_is_seeded():
         assert any(torch.equal(window, s) for s in shifted)
 
 
+def test_random_crop_mean_fill_is_zero_after_normalisation():
+    mean, std = (0.4, 0.5, 0.6), (0.2, 0.25, 0.3)
+    pixels = torch.rand(16, 3, 8, 8)
+    out = random_crop_flip(pixels, padding=3, flip=False, generator=torch.Generator().manual_seed(0), fill=mean)
+    black = random_crop_flip(pixels, padding=3, flip=False, generator=torch.Generator().manual_seed(0))
+    border = black == 0  # the same offsets: where the black version shows padding
+    assert border.any()
+    normalised = (out - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+    assert torch.allclose(normalised[border], torch.zeros(()), atol=1e-6)
+    assert torch.equal(out[~border], black[~border])
+
+
 def test_flip_mirrors_about_half_the_images():
     pixels = torch.rand(200, 1, 4, 4)
     out = random_crop_flip(pixels, padding=0, flip=True, generator=torch.Generator().manual_seed(0))

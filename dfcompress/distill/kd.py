@@ -53,7 +53,10 @@ class KDOptions:
     weight_decay: float = field(default=5e-4, metadata={"help": "SGD weight decay"})
     augment: bool = field(default=True, metadata={
         "help": "random crop (zero padding, in pixel space) and horizontal flip of every batch"})
-    crop_padding: int = field(default=4, metadata={"help": "pixels of black padding for the random crop"})
+    crop_padding: int = field(default=4, metadata={"help": "pixels of padding for the random crop"})
+    crop_fill: str = field(default="black", metadata={
+        "help": "colour of the crop padding: black (zero pixels, as the CIFAR teachers were trained) or mean "
+                "(the normalisation mean: zero padding after normalisation)", "choices": ("black", "mean")})
 
 
 @dataclass
@@ -94,6 +97,7 @@ class KnowledgeDistillation(Distiller):
             (cfg.batch_size >= 2, "batch_size must be >= 2"),
             (cfg.lr > 0, "lr must be > 0"),
             (cfg.crop_padding >= 0, "crop_padding must be >= 0"),
+            (cfg.crop_fill in ("black", "mean"), "crop_fill must be black or mean"),
         ]
         for ok, message in problems:
             if not ok:
@@ -156,7 +160,8 @@ class KnowledgeDistillation(Distiller):
                     idx = perm[step * cfg.batch_size:(step + 1) * cfg.batch_size]
                     pixels = images[idx].to(device, non_blocking=True).float().div_(255)
                     if cfg.augment:
-                        pixels = random_crop_flip(pixels, padding=cfg.crop_padding, flip=True, generator=generator)
+                        pixels = random_crop_flip(pixels, padding=cfg.crop_padding, flip=True, generator=generator,
+                                                  fill=spec.mean if cfg.crop_fill == "mean" else None)
                     x = spec.normalize(pixels)
                     target = labels_dev[idx.to(device)]
                     with torch.no_grad(), ctx.autocast():
