@@ -1,4 +1,4 @@
-"""Batch augmentation on the device: random crop with zero padding and horizontal flip, in pixel space."""
+"""Batch augmentation on the device: random crop (padding black or a given colour) and horizontal flip, in pixel space."""
 from __future__ import annotations
 
 from typing import Sequence

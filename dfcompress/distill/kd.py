@@ -41,6 +41,9 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperat
     return F.kl_div(log_student, log_teacher, reduction="batchmean", log_target=True) * (t * t)
 
 
+CROP_FILLS = ("black", "mean")  # colours of the random crop's padding
+
+
 @dataclass(frozen=True)
 class KDOptions:
     temperature: float = field(default=4.0, metadata={"help": "softmax temperature T of the KD term"})
@@ -52,11 +55,11 @@ class KDOptions:
     momentum: float = field(default=0.9, metadata={"help": "SGD momentum"})
     weight_decay: float = field(default=5e-4, metadata={"help": "SGD weight decay"})
     augment: bool = field(default=True, metadata={
-        "help": "random crop (zero padding, in pixel space) and horizontal flip of every batch"})
+        "help": "random crop (padding of colour crop_fill, in pixel space) and horizontal flip of every batch"})
     crop_padding: int = field(default=4, metadata={"help": "pixels of padding for the random crop"})
     crop_fill: str = field(default="black", metadata={
         "help": "colour of the crop padding: black (zero pixels, as the CIFAR teachers were trained) or mean "
-                "(the normalisation mean: zero padding after normalisation)", "choices": ("black", "mean")})
+                "(the normalisation mean: zero padding after normalisation)", "choices": CROP_FILLS})
 
 
 @dataclass
@@ -97,7 +100,7 @@ class KnowledgeDistillation(Distiller):
             (cfg.batch_size >= 2, "batch_size must be >= 2"),
             (cfg.lr > 0, "lr must be > 0"),
             (cfg.crop_padding >= 0, "crop_padding must be >= 0"),
-            (cfg.crop_fill in ("black", "mean"), "crop_fill must be black or mean"),
+            (cfg.crop_fill in CROP_FILLS, f"crop_fill must be one of {', '.join(CROP_FILLS)}"),
         ]
         for ok, message in problems:
             if not ok:
