@@ -291,6 +291,9 @@ def test_natural_init_schemes_and_pre_jitter(tiny_teacher):
         reset_parameters(gen, torch.Generator().manual_seed(0), scheme)
         stds[scheme] = gen.conv_out.weight.std().item()
         assert (gen.conv_out.bias == 0).all().item() is (scheme == "kaiming")
+        # the reference code re-initialises the convolutions only: the Linear layer keeps PyTorch's default
+        assert abs(gen.fc.weight.std().item() / (1 / (3 * gen.fc.in_features)) ** 0.5 - 1) < 0.05
+        assert not (gen.fc.bias == 0).all()
     # He normal for ReLU: std sqrt(2 / fan_in); PyTorch's default: U(+-1/sqrt(fan_in)), std 1/sqrt(3 fan_in)
     fan_in = gen.conv_out.weight[0].numel()
     assert abs(stds["kaiming"] / (2 / fan_in) ** 0.5 - 1) < 0.15
@@ -308,5 +311,8 @@ def test_natural_init_schemes_and_pre_jitter(tiny_teacher):
         synth = natural.NaturalInversion(cfg, RunContext())
         synth.setup(tiny_teacher)
         images[pre] = synth.synthesize_batch(labels, generator=torch.Generator().manual_seed(1)).images
+    nets, _ = synth._build_nets(torch.Generator().manual_seed(0))
+    assert (nets.generator.conv_out.bias == 0).all()
+    assert not (nets.ftp.out_conv.bias == 0).all()  # init=kaiming leaves the FTP at PyTorch's default
     # same seed, same nets: only the jitter of G(z|y) before the FTP differs
     assert not torch.allclose(images[False], images[True])

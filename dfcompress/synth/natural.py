@@ -54,7 +54,7 @@ class NaturalInversionConfig:
     jitter: int = field(default=2, metadata={"help": "random roll of up to this many pixels of I before the teacher (reference code: 2)"})
     flip: bool = field(default=True, metadata={"help": "random horizontal flip of I before the teacher"})
     pre_jitter: bool = field(default=False, metadata={"help": "also jitter and flip G(z|y) before the FTP's feature pass and the residual sum (the reference code does; the paper does not say)"})
-    init: str = field(default="pytorch", metadata={"help": "initialisation of the generator and FTP layers: pytorch (PyTorch's default) or kaiming (He normal, zero bias)",
+    init: str = field(default="pytorch", metadata={"help": "initialisation of the generator: pytorch (PyTorch's default) or kaiming (He normal, zero bias, on its convolutions, as the reference code); the FTP keeps PyTorch's default",
                                                       "choices": INIT_SCHEMES})
     adi_scale: float = field(default=0.0, metadata={"help": "Adaptive DI competition weight (1 - JS(teacher, student)), as the paper's 'A-ours' rows; needs a student"})
     adi_temperature: float = field(default=3.0, metadata={"help": "softmax temperature of the competition term"})
@@ -98,7 +98,9 @@ class NaturalInversion(Synthesizer):
                 [level.channels for level in self.levels], [level.size for level in self.levels], spec.channels, spec.image_size
             )
         nets = _Nets(gen, ftp)
-        reset_parameters(nets, init, cfg.init)
+        reset_parameters(gen, init, cfg.init)
+        if ftp is not None:
+            reset_parameters(ftp, init)
         nets = nets.to(self.ctx.device).train()
         groups = [{"params": list(gen.parameters()), "lr": cfg.lr_generator}]
         if ftp is not None:

@@ -30,17 +30,18 @@ INIT_SCHEMES = ("pytorch", "kaiming")
 
 def reset_parameters(module: nn.Module, generator: torch.Generator, scheme: str = "pytorch") -> None:
     """Initialise Linear/Conv layers and BatchNorm (weight 1, bias 0) from ``generator``. ``pytorch``: PyTorch's
-    default (Kaiming-uniform with a = sqrt(5), bias U(-1/sqrt(fan_in), 1/sqrt(fan_in))); ``kaiming``: He et al.'s
-    normal initialisation for ReLU layers (std sqrt(2 / fan_in)), bias 0, which gives weights about 2.4x larger."""
+    default (Kaiming-uniform with a = sqrt(5), bias U(-1/sqrt(fan_in), 1/sqrt(fan_in))) everywhere; ``kaiming``:
+    He et al.'s normal initialisation for ReLU layers (std sqrt(2 / fan_in), about 2.4x PyTorch's) with zero bias
+    on the convolutions, the Linear layers keeping PyTorch's default. Apply it to the generator only: that is
+    the reference code's scope (its decoder keeps PyTorch's default)."""
     if scheme not in INIT_SCHEMES:
         raise ValueError(f"unknown initialisation {scheme!r}; choose from {', '.join(INIT_SCHEMES)}")
     for m in module.modules():
-        if isinstance(m, (nn.Linear, nn.Conv2d)):
-            if scheme == "kaiming":
-                nn.init.kaiming_normal_(m.weight, nonlinearity="relu", generator=generator)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-                continue
+        if isinstance(m, nn.Conv2d) and scheme == "kaiming":
+            nn.init.kaiming_normal_(m.weight, nonlinearity="relu", generator=generator)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, (nn.Linear, nn.Conv2d)):
             nn.init.kaiming_uniform_(m.weight, a=math.sqrt(5), generator=generator)
             if m.bias is not None:
                 fan_in = m.weight[0].numel()
