@@ -211,21 +211,16 @@ def plot_distill(frame: Any, path: Path, title: str) -> Path | None:
                 ys.append(i + (j - (len(budgets) - 1) / 2) * height)
                 xs.append(sum(values) / len(values))
         ax.barh(ys, xs, height=height, label=budget)
-    for value in teacher:
-        ax.axvline(100 * float(value), color="black", linestyle="--", linewidth=1)
-    if not teacher.empty:
-        ax.text(100 * float(teacher.iloc[0]), len(labels) - 0.4, " teacher", va="bottom", fontsize=8)
-    ax.set_yticks(range(len(labels)), labels, fontsize=8)
+    for k, value in enumerate(teacher):
+        ax.axvline(100 * float(value), color="black", linestyle="--", linewidth=1, label=None if k else "teacher")
+    ax.set_yticks(range(len(labels)), [_wrap(label) for label in labels], fontsize=8)
     ax.invert_yaxis()
     ax.set_xlabel("student top-1 on real test images (%)")
     ax.set_xlim(0, 100)
+    ax.grid(axis="x", alpha=0.3)
     ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    ax.legend(fontsize=8, loc="center right")
+    return _save(fig, path)
 
 
 def plot_prune(frame: Any, path: Path, title: str) -> Path | None:
@@ -240,6 +235,8 @@ def plot_prune(frame: Any, path: Path, title: str) -> Path | None:
         return None
     teacher = frame[(frame["status"] == "ok") & (frame["kind"] == "teacher")]["top1"].dropna()
     fig, ax = plt.subplots(figsize=(7, 4.5))
+    colours: dict[str, Any] = {}
+    styles: dict[str, str] = {}
     for (method_label, budget), sub in rows.groupby([rows.apply(_label, axis=1), rows["budget_label"].fillna("")],
                                                     sort=False):
         points = sub.groupby(sub["config.ratio"].astype(float))["top1"].apply(
@@ -247,16 +244,34 @@ def plot_prune(frame: Any, path: Path, title: str) -> Path | None:
         x, y = list(points.index), list(points.values)
         if not teacher.empty:
             x, y = [0.0, *x], [100 * float(teacher.iloc[0]), *y]
-        ax.plot(x, y, marker="o", label=f"{method_label}" + (f" [{budget}]" if budget else ""))
+        # one colour per method, one line style per budget
+        colour = colours.setdefault(method_label, f"C{len(colours) % 10}")
+        style = styles.setdefault(budget, LINE_STYLES[len(styles) % len(LINE_STYLES)]) if budget else "-"
+        ax.plot(x, y, marker="o", color=colour, linestyle=style,
+                label=_wrap(f"{method_label}" + (f" [{budget}]" if budget else ""), 60))
     ax.set_xlabel("pruning ratio (0 = unpruned teacher)")
     ax.set_ylabel("top-1 after fine-tuning (%)")
     ax.set_ylim(0, 100)
     ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
     ax.grid(alpha=0.3)
-    fig.tight_layout()
+    return _save(fig, path)
+
+
+LINE_STYLES = ("-", "--", ":", "-.")
+
+
+def _wrap(label: str, width: int = 45) -> str:
+    import textwrap
+
+    return "\n".join(textwrap.wrap(label, width)) or label
+
+
+def _save(fig: Any, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
     return path
 
