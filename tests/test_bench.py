@@ -442,6 +442,34 @@ def test_equal_time_budget_probes_when_no_cell_measured_it(tmp_path, fake, monke
     assert bench["iterations"] == 10
 
 
+
+def test_equal_time_probe_pairs_with_the_reference_measured_beside_it(tmp_path, fake):
+    """A reference timing stored in an earlier session (here 0.6 s, the machine has since become faster: the
+    fake runs DeepInversion at 0.5 s) must not set the count: the reference is probed again beside the method."""
+    launcher, calls = fake
+    suite = load_suite(make_suite(tmp_path))
+    runner = bench_runner.Runner(suite, launcher=launcher)
+    runner.calibration_path.parent.mkdir(parents=True, exist_ok=True)
+    runner.calibration_path.write_text(json.dumps({"di|": {"seconds_per_iter": 0.6, "source": "an old session"}}))
+    assert runner.run(suite.select(["ni--distill--eq"])) == {"ni--distill--eq--s0": "ok"}
+    probes = [c for c in calls() if "_calibration" in " ".join(c)]
+    assert sorted(p[p.index("--synth") + 1] for p in probes) == ["deepinversion"] * 2 + ["natural"] * 2
+    calibration = json.loads(runner.calibration_path.read_text())
+    assert calibration["di|"]["seconds_per_iter"] == 0.6  # the stored reference entry is left as it was
+    ni = calibration["ni|"]
+    assert ni["seconds_per_iter"] == 2.0 and ni["reference_seconds_per_iter"] == 0.5 and ni["reference"] == "di"
+    assert "di probed in the same session" in ni["source"]
+    bench = json.loads((runner.cell_dir("ni--distill--eq--s0") / "bench.json").read_text())
+    assert bench["iterations"] == 10  # 40 x 0.5 / 2.0; the stale 0.6 would have given 12
+    assert bench["budget"]["target_seconds_per_batch"] == 20.0
+    assert "measured in the same session" in bench["iterations_rule"]
+    # calibrated once: a re-run of the suite probes nothing more
+    before = len(calls())
+    (runner.cell_dir("ni--distill--eq--s0") / "metrics.json").unlink()
+    shutil.rmtree(runner.cell_dir("ni--distill--eq--s0"))
+    runner.run(suite.select(["ni--distill--eq"]))
+    assert not any("_calibration" in " ".join(c) for c in calls()[before:])
+
 def test_collected_csv_has_metrics_hardware_and_links(tmp_path, fake):
     import pandas as pd
 

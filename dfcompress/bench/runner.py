@@ -3,8 +3,9 @@
 A crash costs one row. Re-running finishes the suite: a cell whose run directory has ``metrics.json`` is
 skipped, a cell killed mid-way (``config.toml`` but no ``metrics.json``) is continued with
 ``dfcompress run --resume DIR``. Equal-wall-clock budgets are calibrated once per suite (seconds per
-iteration of every method, read from the finished cells of another budget or measured by a short probe run)
-and stored in ``calibration.json`` so that re-runs give every cell the same iteration count.
+iteration of every method, read from the finished cells of another budget or measured by short probe runs,
+the reference method probed again beside each probed method so that the count rests on a ratio measured in one
+session) and stored in ``calibration.json`` so that re-runs give every cell the same iteration count.
 """
 from __future__ import annotations
 
@@ -270,10 +271,16 @@ class Runner:
     def _calibration_key(self, method: str, model: str | None) -> str:
         return f"{method}|{model or ''}"
 
-    def seconds_per_iter(self, cell: Cell, method: str, *, measure: bool) -> dict | None:
+    def seconds_per_iter(self, cell: Cell, method: str, *, measure: bool, reference: str | None = None,
+                         fresh: dict[str, dict | None] | None = None) -> dict | None:
         """Seconds per synthesis iteration of ``method`` (with ``cell``'s model): stored in calibration.json,
         else read from a finished cell of the budget named by ``calibration.from_budget``, else (``measure``)
-        measured by a probe run. Only with ``measure`` (a real run, not a dry run) is a new value stored."""
+        measured by a probe run. Only with ``measure`` (a real run, not a dry run) is a new value stored.
+
+        A method probed for an equal-time budget has its ``reference`` method probed in the same session too
+        (``reference_seconds_per_iter``): the machine's speed drifts between sessions (10-20 % seen here), so
+        its iteration count is taken from the ratio of two timings made side by side, not from a reference
+        timing made hours or days before. ``fresh`` holds the probes made in this call chain, to reuse."""
         data = self._load_calibration()
         key = self._calibration_key(method, cell.model)
         if key in data:
@@ -289,8 +296,15 @@ class Runner:
                         entry = {"seconds_per_iter": round(measured[0], 6), "iterations_measured": measured[1],
                                  "source": f"cell {other.id}"}
                         break
+        fresh = {} if fresh is None else fresh
         if entry is None and measure:
-            entry = self._probe(cell, method)
+            entry = fresh[method] = fresh[method] if method in fresh else self._probe(cell, method)
+            if entry is not None and reference is not None and reference != method:
+                paired = fresh[reference] = fresh[reference] if reference in fresh else self._probe(cell, reference)
+                if paired is None:
+                    return None
+                entry = {**entry, "reference": reference, "reference_seconds_per_iter": paired["seconds_per_iter"],
+                         "source": f"{entry['source']}; {reference} probed in the same session: {paired['source']}"}
         if entry is None or not measure:
             return entry
         entry["measured_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -354,22 +368,25 @@ class Runner:
             return budget.iterations, f"fixed: {budget.iterations} per batch", {}
         ref_method, ref_iters = budget.equal_time
         ref_label = self.suite.labels["methods"].get(ref_method, ref_method)
-        ref = self.seconds_per_iter(cell, ref_method, measure=measure)
+        fresh: dict[str, dict | None] = {}
+        ref = self.seconds_per_iter(cell, ref_method, measure=measure, fresh=fresh)
         if cell.method == ref_method:
             info = {}
             if ref:
                 info = {"seconds_per_iter": ref["seconds_per_iter"],
                         "target_seconds_per_batch": round(ref_iters * ref["seconds_per_iter"], 2)}
             return ref_iters, f"equal time: reference ({ref_iters} iterations of {ref_label})", info
-        own = self.seconds_per_iter(cell, cell.method, measure=measure)
+        own = self.seconds_per_iter(cell, cell.method, measure=measure, reference=ref_method, fresh=fresh)
         if ref is None or own is None:
             return None, f"equal time as {ref_iters} iterations of {ref_label}: calibrated at run time", {}
-        target = ref_iters * ref["seconds_per_iter"]
+        paired = "reference_seconds_per_iter" in own
+        per_ref = own["reference_seconds_per_iter"] if paired else ref["seconds_per_iter"]
+        target = ref_iters * per_ref
         n = max(1, math.floor(target / own["seconds_per_iter"]))
-        rule = (f"equal time: {target:.1f} s per batch ({ref_iters} x {ref['seconds_per_iter']:.3f} s of {ref_label}) "
-                f"/ {own['seconds_per_iter']:.3f} s per iteration")
+        rule = (f"equal time: {target:.1f} s per batch ({ref_iters} x {per_ref:.3f} s of {ref_label}"
+                f"{', measured in the same session' if paired else ''}) / {own['seconds_per_iter']:.3f} s per iteration")
         info = {"seconds_per_iter": own["seconds_per_iter"], "target_seconds_per_batch": round(target, 2),
-                "reference_seconds_per_iter": ref["seconds_per_iter"]}
+                "reference_seconds_per_iter": per_ref}
         return n, rule, info
 
     # planning -------------------------------------------------------------------------------------------
