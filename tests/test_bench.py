@@ -228,6 +228,42 @@ def test_cifar10_cpu_suite_cells():
     assert suite.budgets["time-di800"].equal_time == ("deepinversion", 800)
 
 
+
+def test_a_suite_extends_another_suite_s_recipe(tmp_path):
+    make_suite(tmp_path)
+    study = make_suite(tmp_path, textwrap.dedent("""
+        [suite]
+        name = "study"
+        extends = "tiny.toml"
+        seeds = [0, 1]
+
+        [run]
+        num_images = 32
+
+        [methods.ni-wide]
+        synth = "natural"
+        synth_options = {{ generator_width = 128 }}
+        budgets = ["it10"]
+        tasks = ["distill"]
+    """), name="study.toml")
+    suite = load_suite(study)
+    assert [c.id for c in suite.cells] == ["ni-wide--distill--it10--s0", "ni-wide--distill--it10--s1"]
+    cell = suite.cells[0]
+    # [run] merged entry by entry: the study's num_images, the base's teacher and distill options
+    assert cell.config["num_images"] == 32 and cell.config["teacher"] == "demo"
+    assert cell.config["distill_options"] == {"epochs": 1} and cell.budget.iterations == 10
+    assert cell.config["student"] == "demo:small" and cell.config["synth_options"] == {"generator_width": 128}
+    # the base's equal-time budget names a method the study does not have, and no study method uses it
+    assert set(suite.budgets) == {"it10"}
+    assert suite.results_dir == tmp_path / "benchmarks" / "results" / "study"
+
+    bad = make_suite(tmp_path, '[suite]\nextends = "nope.toml"\n', name="bad.toml")
+    with pytest.raises(SuiteError, match="extends 'nope.toml', which does not exist"):
+        load_suite(bad)
+    nested = make_suite(tmp_path, '[suite]\nextends = "study.toml"\n', name="nested.toml")
+    with pytest.raises(SuiteError, match="one level only"):
+        load_suite(nested)
+
 def test_cells_needing_shared_are_skipped_with_the_reason(tmp_path):
     suite = load_suite(REPO / "benchmarks" / "suites" / "cifar10-cpu.toml", root=tmp_path)
     reasons = {suite.missing_requirements(c) for c in suite.cells}
@@ -451,9 +487,15 @@ def test_equal_time_probe_pairs_with_the_reference_measured_beside_it(tmp_path, 
     runner = bench_runner.Runner(suite, launcher=launcher)
     runner.calibration_path.parent.mkdir(parents=True, exist_ok=True)
     runner.calibration_path.write_text(json.dumps({"di|": {"seconds_per_iter": 0.6, "source": "an old session"}}))
+    stale = runner.results_dir / "_calibration" / "di--it4--beside-ni" / "synthetic" / "shard-00000.safetensors"
+    stale.parent.mkdir(parents=True)
+    stale.write_text("")  # a real run would resume this finished shard instead of timing it again
     assert runner.run(suite.select(["ni--distill--eq"])) == {"ni--distill--eq--s0": "ok"}
     probes = [c for c in calls() if "_calibration" in " ".join(c)]
     assert sorted(p[p.index("--synth") + 1] for p in probes) == ["deepinversion"] * 2 + ["natural"] * 2
+    assert sorted(Path(p[p.index("--out") + 1]).name for p in probes) == [
+        "di--it12--beside-ni", "di--it4--beside-ni", "ni--it12", "ni--it4"]
+    assert not stale.exists()  # the probe started from an empty directory
     calibration = json.loads(runner.calibration_path.read_text())
     assert calibration["di|"]["seconds_per_iter"] == 0.6  # the stored reference entry is left as it was
     ni = calibration["ni|"]

@@ -14,6 +14,7 @@ import logging
 import math
 import os
 import platform
+import shutil
 import signal
 import subprocess
 import sys
@@ -300,7 +301,8 @@ class Runner:
         if entry is None and measure:
             entry = fresh[method] = fresh[method] if method in fresh else self._probe(cell, method)
             if entry is not None and reference is not None and reference != method:
-                paired = fresh[reference] = fresh[reference] if reference in fresh else self._probe(cell, reference)
+                paired = fresh[reference] = (fresh[reference] if reference in fresh
+                                             else self._probe(cell, reference, beside=method))
                 if paired is None:
                     return None
                 entry = {**entry, "reference": reference, "reference_seconds_per_iter": paired["seconds_per_iter"],
@@ -325,20 +327,23 @@ class Runner:
         config["distill_options"] = {**config.get("distill_options", {}), "epochs": 1}
         return config
 
-    def _probe(self, cell: Cell, method: str) -> dict | None:
+    def _probe(self, cell: Cell, method: str, *, beside: str | None = None) -> dict | None:
         """Measure steady-state seconds per iteration with two short runs of one batch, ``probe_iterations``
         and 3 x ``probe_iterations`` iterations: the difference of their synthesis times over the difference of
         their iterations, so that the fixed cost of a batch (the first, slow iterations) is not counted per
-        iteration (with one run of 20 iterations it inflated DeepInversion's 0.50 s per iteration to 0.74 s)."""
+        iteration (with one run of 20 iterations it inflated DeepInversion's 0.50 s per iteration to 0.74 s).
+        ``beside``: the method this probe is paired with (it names the probe's directory). A probe always starts
+        from an empty directory: an earlier probe's finished shard would be resumed, not timed again."""
         name = method + (f"--{cell.model}" if cell.model else "")
         short = cell.budget.probe_iterations
         timed = []
         for iterations in (short, 3 * short):
-            out = self.results_dir / "_calibration" / f"{name}--it{iterations}"
+            out = self.results_dir / "_calibration" / f"{name}--it{iterations}{f'--beside-{beside}' if beside else ''}"
+            shutil.rmtree(out, ignore_errors=True)
             config = {**self._probe_config(cell, method), "iterations": iterations}
             args = ["run", *run_args(config, self.rel(out))]
             logger.info("calibrating %s: %s", name, shell_line(self.launcher + ["-q", *args]))
-            log = out.parent / f"{name}--it{iterations}.log"
+            log = out.with_name(out.name + ".log")
             rc = self._launch(args, log)
             if rc == 130:
                 raise Interrupted("the calibration run was interrupted",

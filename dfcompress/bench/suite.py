@@ -5,7 +5,9 @@ times every *task* (distill, prune at a ratio, ...) times every *budget* (iterat
 clock time) times every *model* pair (optional) times every *seed*. Layout::
 
     [suite]         name, description, requires (paths every cell needs), seeds, notes,
-                    reference = {file, setting, budget} (reference-code rows), published (paper numbers)
+                    reference = {file, setting, budget} (reference-code rows), published (paper numbers),
+                    extends = "BASE.toml" (take [vars], [run], [models], [budgets], [tasks], [prerequisites] and
+                    requires/reference/notes from another suite; the methods are this file's own)
     [vars]          NAME = "value" | {env = "VAR", default = "value"}; used as ${NAME} in any string
     [run]           RunConfig fields shared by every cell (plus [run.synth_options] ...)
     [models.ID]     optional teacher/student pairs (RunConfig fields, label, requires)
@@ -38,7 +40,11 @@ from ..errors import ConfigError
 
 RUN_FIELDS = {f.name for f in fields(RunConfig)}
 KINDS = ("synthetic", "real", "teacher")
-SUITE_KEYS = {"name", "description", "requires", "seeds", "notes", "reference", "published"}
+SUITE_KEYS = {"name", "description", "requires", "seeds", "notes", "reference", "published", "extends"}
+#: what ``[suite] extends = "BASE.toml"`` takes from the base suite: these tables, entry by entry (the
+#: extending file's entries of the same id win), and these [suite] keys unless set; never the methods
+INHERITED_TABLES = ("vars", "run", "models", "budgets", "tasks", "prerequisites")
+INHERITED_SUITE_KEYS = ("requires", "reference", "notes")
 MODEL_META = {"label", "requires"}
 BUDGET_KEYS = {"label", "iterations", "equal_time", "calibration"}
 METHOD_META = {"label", "kind", "budgets", "tasks", "requires", "note", "real_images"}
@@ -322,6 +328,36 @@ def _budget(key: str, table: dict, path: Path) -> Budget:
                   calibrate_from=calibration.get("from_budget"), probe_iterations=probe)
 
 
+def _extend(data: dict, path: Path) -> dict:
+    """``data`` with what its ``[suite] extends = "BASE.toml"`` (a path relative to this file) gives it: a study
+    of a few methods on another suite's recipe keeps that recipe in one place. Not recursive."""
+    head = data.get("suite", {})
+    if not isinstance(head, dict) or "extends" not in head:
+        return data
+    base_path = path.parent / str(head["extends"])
+    try:
+        base = tomllib.loads(base_path.read_text(encoding="utf-8"))
+    except OSError:
+        raise SuiteError(f"{path}: [suite] extends {head['extends']!r}, which does not exist") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise SuiteError(f"{path}: [suite] extends {base_path}, which is not valid TOML: {exc}") from None
+    if "extends" in base.get("suite", {}):
+        raise SuiteError(f"{path}: [suite] extends {base_path}, which extends another suite (one level only)")
+    merged = dict(data)
+    for key in INHERITED_TABLES:
+        own, inherited = _table(data, key, path), _table(base, key, base_path)
+        if inherited or own:
+            merged[key] = {**inherited, **own}
+    # an inherited budget none of this file's methods uses has no cells (and may name a method not here)
+    wanted = [m.get("budgets") if isinstance(m, dict) else None for m in _table(data, "methods", path).values()]
+    if wanted and all(isinstance(b, list) for b in wanted):
+        used = {b for budgets in wanted for b in budgets} | set(_table(data, "budgets", path))
+        merged["budgets"] = {k: v for k, v in merged.get("budgets", {}).items() if k in used}
+    merged["suite"] = {**{k: v for k, v in _table(base, "suite", base_path).items() if k in INHERITED_SUITE_KEYS},
+                       **{k: v for k, v in head.items() if k != "extends"}}
+    return merged
+
+
 def load_suite(path: str | Path, *, overrides: dict[str, str] | None = None, root: str | Path | None = None) -> Suite:
     """Parse and check a suite file; ``overrides`` replace [vars] values (``--set NAME=VALUE``)."""
     path = Path(path)
@@ -331,6 +367,7 @@ def load_suite(path: str | Path, *, overrides: dict[str, str] | None = None, roo
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise SuiteError(f"suite file {path} is not valid TOML: {exc}") from None
+    data = _extend(data, path)
     _check_keys(data, {"suite", "vars", "run", "models", "budgets", "methods", "tasks", "prerequisites"}, str(path))
     head = _table(data, "suite", path)
     _check_keys(head, SUITE_KEYS, f"{path}: [suite]")
