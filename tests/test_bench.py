@@ -619,14 +619,19 @@ def _fixture_csv(results: Path) -> Path:
         dict(base, cell="noise--distill--s0", kind="synthetic", method="noise", method_label="Gaussian noise",
              task="distill", **{"config.task": "distill"}, budget="", budget_label="", top1=0.11),
         dict(base, cell="di--distill--a--s0", kind="synthetic", method="di", method_label="DeepInversion",
-             task="distill", **{"config.task": "distill"}, budget="a", budget_label="200 it", top1=0.2, iterations=200),
+             task="distill", **{"config.task": "distill", "models.student.params": 270_000,
+                                "models.student.agreement": 0.21, "timings_s.distill": 200.4}, budget="a", budget_label="200 it", top1=0.2,
+             iterations=200),
         dict(base, cell="di--distill--b--s0", kind="synthetic", method="di", method_label="DeepInversion",
              task="distill", **{"config.task": "distill"}, budget="b", budget_label="equal time", top1=0.3,
              iterations=800),
         dict(base, cell="real--distill--s0", kind="real", method="real", method_label="Real 1,280",
              task="distill", **{"config.task": "distill"}, budget="", budget_label="", top1=0.6, real_images=1280),
         dict(base, cell="di--prune5--a--s0", kind="synthetic", method="di", method_label="DeepInversion",
-             task="prune5", **{"config.task": "prune", "config.ratio": 0.5, "models.pruned.top1": 0.3},
+             task="prune5", **{"config.task": "prune", "config.ratio": 0.5, "models.pruned.top1": 0.3,
+                               "models.final.params": 134_000, "models.final.macs": 20_500_000,
+                               "timings_s.fine-tune": 61.4, "synthetic.teacher_accuracy": 0.625,
+                               "synthetic.diversity": 0.41},
              budget="a", budget_label="200 it", top1=0.7),
         dict(base, cell="di--prune9--a--s0", kind="synthetic", method="di", method_label="DeepInversion",
              task="prune9", **{"config.task": "prune", "config.ratio": 0.9}, budget="a", budget_label="200 it",
@@ -666,6 +671,38 @@ def test_leaderboard_renders_tables_and_plots(tmp_path, bench_cli):
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
         assert f"(plots/{name})" in md
     assert (out / "leaderboard.csv").read_text().count("\n") == 10
+    cells = md.split("### Every cell")[1]
+    header = [c.strip() for c in cells.splitlines()[2].strip("|").split("|")]
+    assert header[:6] == ["cell", "status", "top-1 %", "agrees with teacher %", "params M", "MACs M"]
+    assert {"teacher acc. on images %", "diversity", "training s"} <= set(header)
+    rows = {r.split("|")[1].strip(): [c.strip() for c in r.strip("|").split("|")] for r in cells.splitlines()[4:] if r}
+    prune = dict(zip(header, rows["di--prune5--a--s0"]))  # the pruned model's columns where a distill cell's
+    distill = dict(zip(header, rows["di--distill--a--s0"]))  # are the student's
+    assert (prune["params M"], prune["MACs M"], prune["training s"]) == ("0.134", "20.500", "61")
+    assert (prune["teacher acc. on images %"], prune["diversity"]) == ("62.50", "0.41")
+    assert (distill["params M"], distill["training s"], distill["agrees with teacher %"]) == ("0.270", "200", "21.00")
+
+
+def test_leaderboard_shows_the_suite_s_description_and_notes(tmp_path, bench_cli):
+    results = tmp_path / "benchmarks" / "results"
+    _fixture_csv(results)
+    suites = tmp_path / "benchmarks" / "suites"
+    suites.mkdir()
+    (suites / "demo-suite.toml").write_text(textwrap.dedent("""
+        [suite]
+        name = "demo"
+        description = "the demo recipe"
+        notes = ["KD 60 epochs for every row"]
+        [methods.noise]
+        synth = "noise"
+        [tasks.distill]
+        task = "distill"
+    """))
+    code, text = invoke(bench_cli, ["leaderboard", "demo", "--results", str(results), "--out", str(tmp_path / "benchmarks")])
+    assert code == 0, text
+    md = (tmp_path / "benchmarks" / "LEADERBOARD.md").read_text()
+    section = md.split("## demo")[1].split("###")[0]
+    assert "the demo recipe (`suites/`)." in section and "- KD 60 epochs for every row" in section
 
 
 def test_leaderboard_without_results_is_an_error(tmp_path, bench_cli):

@@ -146,12 +146,27 @@ def prune_table(frame: Any, link_base: Path, csv_dir: Path) -> Any:
     return pd.DataFrame(out)
 
 
+#: (CSV column, or columns of which the first set one counts; title; format) of the "Every cell" table. The
+#: model columns are the student's for distillation and the pruned + fine-tuned model's for pruning.
 CELL_COLUMNS = [
     ("cell", "cell", None), ("status", "status", None), ("top1", "top-1 %", "pct"),
-    ("models.student.agreement", "agreement (student) %", "pct"), ("models.final.agreement", "agreement (final) %", "pct"),
-    ("iterations", "iterations / batch", "int"), ("synthetic.feature_fd", "feature FD", "float"),
-    ("timings_s.synthesize", "synthesis s", "int"), ("wall_s", "wall s", "int"),
+    (("models.student.agreement", "models.final.agreement"), "agrees with teacher %", "pct"),
+    (("models.student.params", "models.final.params"), "params M", "mega"),
+    (("models.student.macs", "models.final.macs"), "MACs M", "mega"),
+    ("iterations", "iterations / batch", "int"),
+    ("synthetic.teacher_accuracy", "teacher acc. on images %", "pct"), ("synthetic.diversity", "diversity", "float"),
+    ("synthetic.feature_fd", "feature FD", "float"),
+    ("timings_s.synthesize", "synthesis s", "int"), (("timings_s.distill", "timings_s.fine-tune"), "training s", "int"),
+    ("wall_s", "wall s", "int"),
 ]
+
+
+def _first_set(row: Any, keys: str | tuple[str, ...]) -> Any:
+    for key in (keys,) if isinstance(keys, str) else keys:
+        v = row.get(key)
+        if v is not None and not (isinstance(v, float) and v != v) and v != "":
+            return v
+    return None
 
 
 def cells_table(frame: Any, link_base: Path, csv_dir: Path) -> Any:
@@ -162,16 +177,17 @@ def cells_table(frame: Any, link_base: Path, csv_dir: Path) -> Any:
     for _, r in rows.iterrows():
         entry = {}
         for key, title, fmt in CELL_COLUMNS:
-            if key not in frame:
+            if not any(k in frame for k in ((key,) if isinstance(key, str) else key)):
                 continue
-            v = r.get(key)
+            v = _first_set(r, key)
             if fmt == "pct":
                 p = _pct(v)
                 entry[title] = f"{p:.2f}" if p is not None else ""
-            elif fmt in ("int", "float"):
+            elif fmt in ("int", "float", "mega"):
                 try:
                     f = float(v)
-                    entry[title] = "" if f != f else (f"{f:.0f}" if fmt == "int" else f"{f:.3g}")
+                    entry[title] = "" if f != f else (f"{f:.0f}" if fmt == "int" else f"{f / 1e6:.3f}" if fmt == "mega"
+                                                      else f"{f:.3g}")
                 except (TypeError, ValueError):
                     entry[title] = ""
             else:
@@ -290,6 +306,27 @@ def _hardware(frame: Any) -> str:
     return "; ".join(parts)
 
 
+def suite_texts(suites_dir: Path, name: str) -> tuple[str, list[str]]:
+    """The description and notes of the suite called ``name`` among ``suites_dir/*.toml`` (empty when none is)."""
+    import tomllib
+
+    from .suite import SuiteError, load_suite
+
+    for path in sorted(suites_dir.glob("*.toml")):
+        try:
+            head = tomllib.loads(path.read_text(encoding="utf-8")).get("suite", {})
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError, OSError):
+            continue
+        if isinstance(head, dict) and str(head.get("name", path.stem)) == name:
+            try:
+                suite = load_suite(path)
+            except SuiteError as exc:
+                logger.warning("suite %s: %s", path, exc)
+                return "", []
+            return suite.description, list(suite.notes)
+    return "", []
+
+
 def render(csv_paths: list[Path], out_dir: Path) -> dict[str, Path]:
     """Write ``LEADERBOARD.md``, ``leaderboard.csv`` and ``plots/*.png`` into ``out_dir``; return what was written."""
     import pandas as pd
@@ -316,8 +353,13 @@ def render(csv_paths: list[Path], out_dir: Path) -> dict[str, Path]:
         hardware = _hardware(frame)
         done = int((frame["kind"].isin(["synthetic", "real"]) & (frame["status"] == "ok")).sum())
         total = int(frame["kind"].isin(["synthetic", "real"]).sum())
+        description, suite_notes = suite_texts(out_dir / "suites", suite)
+        if description:
+            parts += [f"{description} (`suites/`).", ""]
         parts += [f"{done} of {total} cells finished" + (f"; {hardware}" if hardware else "") +
                   f". Data: [`{os.path.relpath(csv_path, out_dir)}`]({os.path.relpath(csv_path, out_dir)}).", ""]
+        if suite_notes:
+            parts += [f"- {n}" for n in suite_notes] + [""]
         table = distill_table(frame, out_dir, csv_dir)
         if not table.empty:
             parts += ["### Knowledge distillation: student top-1 (%)", "", table.to_markdown(index=False, disable_numparse=True), ""]
