@@ -702,7 +702,8 @@ def test_leaderboard_shows_the_suite_s_description_and_notes(tmp_path, bench_cli
     assert code == 0, text
     md = (tmp_path / "benchmarks" / "LEADERBOARD.md").read_text()
     section = md.split("## demo")[1].split("###")[0]
-    assert "the demo recipe (`suites/`)." in section and "- KD 60 epochs for every row" in section
+    assert "Suite [`suites/demo-suite.toml`](suites/demo-suite.toml): the demo recipe." in section
+    assert "- KD 60 epochs for every row" in section
 
 
 def test_leaderboard_without_results_is_an_error(tmp_path, bench_cli):

@@ -306,8 +306,9 @@ def _hardware(frame: Any) -> str:
     return "; ".join(parts)
 
 
-def suite_texts(suites_dir: Path, name: str) -> tuple[str, list[str]]:
-    """The description and notes of the suite called ``name`` among ``suites_dir/*.toml`` (empty when none is)."""
+def suite_texts(suites_dir: Path, name: str) -> tuple[Path | None, str, list[str]]:
+    """The file, description and notes of the suite called ``name`` among ``suites_dir/*.toml`` (None, "", [] when
+    none is)."""
     import tomllib
 
     from .suite import SuiteError, load_suite
@@ -322,9 +323,9 @@ def suite_texts(suites_dir: Path, name: str) -> tuple[str, list[str]]:
                 suite = load_suite(path)
             except SuiteError as exc:
                 logger.warning("suite %s: %s", path, exc)
-                return "", []
-            return suite.description, list(suite.notes)
-    return "", []
+                return path, "", []
+            return path, suite.description, list(suite.notes)
+    return None, "", []
 
 
 def render(csv_paths: list[Path], out_dir: Path) -> dict[str, Path]:
@@ -353,9 +354,10 @@ def render(csv_paths: list[Path], out_dir: Path) -> dict[str, Path]:
         hardware = _hardware(frame)
         done = int((frame["kind"].isin(["synthetic", "real"]) & (frame["status"] == "ok")).sum())
         total = int(frame["kind"].isin(["synthetic", "real"]).sum())
-        description, suite_notes = suite_texts(out_dir / "suites", suite)
-        if description:
-            parts += [f"{description} (`suites/`).", ""]
+        suite_file, description, suite_notes = suite_texts(out_dir / "suites", suite)
+        if suite_file is not None:
+            rel = os.path.relpath(suite_file, out_dir)
+            parts += [f"Suite [`{rel}`]({rel})" + (f": {description}." if description else "."), ""]
         parts += [f"{done} of {total} cells finished" + (f"; {hardware}" if hardware else "") +
                   f". Data: [`{os.path.relpath(csv_path, out_dir)}`]({os.path.relpath(csv_path, out_dir)}).", ""]
         if suite_notes:
