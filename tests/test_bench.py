@@ -683,6 +683,33 @@ def test_leaderboard_renders_tables_and_plots(tmp_path, bench_cli):
     assert (distill["params M"], distill["training s"], distill["agrees with teacher %"]) == ("0.270", "200", "21.00")
 
 
+def test_distill_plot_shows_the_seed_spread_of_a_method_run_with_several_seeds(tmp_path, monkeypatch):
+    import statistics
+
+    import pandas as pd
+    from matplotlib.container import BarContainer, ErrorbarContainer
+
+    from dfcompress.bench import leaderboard
+
+    base = {"kind": "synthetic", "status": "ok", "task": "distill", "config.task": "distill", "budget": "a",
+            "budget_label": "200 it"}
+    frame = pd.DataFrame([dict(base, cell=f"ni--s{i}", method="ni", method_label="NaturalInversion", seed=i, top1=t)
+                          for i, t in enumerate((0.30, 0.36, 0.33))]
+                         + [dict(base, cell="di--s0", method="di", method_label="DeepInversion", seed=0, top1=0.15)])
+    figures = []
+    monkeypatch.setattr(leaderboard, "_save", lambda fig, path: figures.append(fig) or path)
+    leaderboard.plot_distill(frame, tmp_path / "p.png", "t")
+    ax = figures[0].axes[0]
+    bars = [c for c in ax.containers if isinstance(c, BarContainer)][0]
+    assert [round(b.get_width(), 6) for b in bars] == [33.0, 15.0]  # the mean of the seeds, the single run
+    errorbars = [c for c in ax.containers if isinstance(c, ErrorbarContainer)]
+    assert len(errorbars) == 1  # only the method with several seeds
+    (segment,) = errorbars[0].lines[2][0].get_segments()
+    assert segment[1][0] - segment[0][0] == pytest.approx(2 * statistics.stdev([30.0, 36.0, 33.0]))
+    dots = [line for line in ax.lines if line.get_linestyle() == "None" and len(line.get_xdata()) == 3]
+    assert sorted(dots[0].get_xdata()) == pytest.approx([30.0, 33.0, 36.0])
+
+
 def test_leaderboard_shows_the_suite_s_description_and_notes(tmp_path, bench_cli):
     results = tmp_path / "benchmarks" / "results"
     _fixture_csv(results)

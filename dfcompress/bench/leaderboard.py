@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -51,8 +52,6 @@ def _pct(value: Any) -> float | None:
 
 
 def _fmt_runs(values: list[float]) -> str:
-    import statistics
-
     values = [v for v in values if v is not None]
     if not values:
         return ""
@@ -217,15 +216,24 @@ def plot_distill(frame: Any, path: Path, title: str) -> Path | None:
     budgets = list(dict.fromkeys(rows["budget_label"].fillna("").replace("", "no synthesis budget")))
     height = 0.8 / max(1, len(budgets))
     fig, ax = plt.subplots(figsize=(8, 0.45 * len(labels) * max(1, len(budgets)) ** 0.5 + 1.5))
+    seeds_shown = False
     for j, budget in enumerate(budgets):
         ys, xs = [], []
         for i, label in enumerate(labels):
             sub = rows[(rows.apply(_label, axis=1) == label)
                        & (rows["budget_label"].fillna("").replace("", "no synthesis budget") == budget)]
             values = [p for p in (_pct(v) for v in sub["top1"]) if p is not None]
-            if values:
-                ys.append(i + (j - (len(budgets) - 1) / 2) * height)
-                xs.append(sum(values) / len(values))
+            if not values:
+                continue
+            y = i + (j - (len(budgets) - 1) / 2) * height
+            ys.append(y)
+            xs.append(statistics.mean(values))
+            if len(values) > 1:  # several seeds: the bar is their mean, the dots the runs, the line +-1 std
+                ax.errorbar(xs[-1], y, xerr=statistics.stdev(values), fmt="none", ecolor="black", capsize=3,
+                            zorder=3)
+                ax.plot(values, [y] * len(values), "o", color="black", markersize=3, zorder=4,
+                        label=None if seeds_shown else "a seed's run (bar: mean, line: ±1 std)")
+                seeds_shown = True
         ax.barh(ys, xs, height=height, label=budget)
     for k, value in enumerate(teacher):
         ax.axvline(100 * float(value), color="black", linestyle="--", linewidth=1, label=None if k else "teacher")
