@@ -54,7 +54,7 @@ class NaturalInversionConfig:
     jitter: int = field(default=2, metadata={"help": "random roll of up to this many pixels of I before the teacher (reference code: 2)"})
     flip: bool = field(default=True, metadata={"help": "random horizontal flip of I before the teacher"})
     pre_jitter: bool = field(default=False, metadata={"help": "also jitter and flip G(z|y) before the FTP's feature pass and the residual sum (the reference code does; the paper does not say)"})
-    init: str = field(default="pytorch", metadata={"help": "initialisation of the generator: pytorch (PyTorch's default) or kaiming (He normal, zero bias, on its convolutions, as the reference code); the FTP keeps PyTorch's default",
+    init: str = field(default="pytorch", metadata={"help": "initialisation of the generator: pytorch (PyTorch's default) or kaiming (He normal, zero bias, on its convolutions, as the reference code); the FTP keeps PyTorch's default. Three seeds on CIFAR-10: the same student accuracy (docs/synthesizers.md)",
                                                       "choices": INIT_SCHEMES})
     adi_scale: float = field(default=0.0, metadata={"help": "Adaptive DI competition weight (1 - JS(teacher, student)), as the paper's 'A-ours' rows; needs a student"})
     adi_temperature: float = field(default=3.0, metadata={"help": "softmax temperature of the competition term"})
