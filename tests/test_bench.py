@@ -245,15 +245,19 @@ def test_a_suite_extends_another_suite_s_recipe(tmp_path):
         synth_options = {{ generator_width = 128 }}
         budgets = ["it10"]
         tasks = ["distill"]
+
+        [methods.teacher]
+        kind = "teacher"
     """), name="study.toml")
     suite = load_suite(study)
-    assert [c.id for c in suite.cells] == ["ni-wide--distill--it10--s0", "ni-wide--distill--it10--s1"]
+    assert [c.id for c in suite.cells if c.kind != "teacher"] == ["ni-wide--distill--it10--s0", "ni-wide--distill--it10--s1"]
     cell = suite.cells[0]
     # [run] merged entry by entry: the study's num_images, the base's teacher and distill options
     assert cell.config["num_images"] == 32 and cell.config["teacher"] == "demo"
     assert cell.config["distill_options"] == {"epochs": 1} and cell.budget.iterations == 10
     assert cell.config["student"] == "demo:small" and cell.config["synth_options"] == {"generator_width": 128}
-    # the base's equal-time budget names a method the study does not have, and no study method uses it
+    # the base's equal-time budget names a method the study does not have, and no study method uses it (the
+    # teacher, which has no synthesis budget, does not keep it)
     assert set(suite.budgets) == {"it10"}
     assert suite.results_dir == tmp_path / "benchmarks" / "results" / "study"
 

@@ -349,7 +349,9 @@ def _extend(data: dict, path: Path) -> dict:
         if inherited or own:
             merged[key] = {**inherited, **own}
     # an inherited budget none of this file's methods uses has no cells (and may name a method not here)
-    wanted = [m.get("budgets") if isinstance(m, dict) else None for m in _table(data, "methods", path).values()]
+    # (real images and the teacher have no synthesis budget, whether or not they say budgets = [])
+    wanted = [m.get("budgets", [] if m.get("kind") in ("real", "teacher") else None) if isinstance(m, dict) else None
+              for m in _table(data, "methods", path).values()]
     if wanted and all(isinstance(b, list) for b in wanted):
         used = {b for budgets in wanted for b in budgets} | set(_table(data, "budgets", path))
         merged["budgets"] = {k: v for k, v in merged.get("budgets", {}).items() if k in used}
