@@ -212,16 +212,16 @@ def plot_distill(frame: Any, path: Path, title: str) -> Path | None:
     if rows.empty:
         return None
     teacher = frame[(frame["status"] == "ok") & (frame["kind"] == "teacher")]["top1"].dropna()
-    labels = list(dict.fromkeys(_label(r) for _, r in rows.iterrows()))
-    budgets = list(dict.fromkeys(rows["budget_label"].fillna("").replace("", "no synthesis budget")))
+    row_labels = rows.apply(_label, axis=1)
+    row_budgets = rows["budget_label"].fillna("").replace("", "no synthesis budget")
+    labels, budgets = list(dict.fromkeys(row_labels)), list(dict.fromkeys(row_budgets))
     height = 0.8 / max(1, len(budgets))
     fig, ax = plt.subplots(figsize=(8, 0.45 * len(labels) * max(1, len(budgets)) ** 0.5 + 1.5))
     seeds_shown = False
     for j, budget in enumerate(budgets):
         ys, xs = [], []
         for i, label in enumerate(labels):
-            sub = rows[(rows.apply(_label, axis=1) == label)
-                       & (rows["budget_label"].fillna("").replace("", "no synthesis budget") == budget)]
+            sub = rows[(row_labels == label) & (row_budgets == budget)]
             values = [p for p in (_pct(v) for v in sub["top1"]) if p is not None]
             if not values:
                 continue

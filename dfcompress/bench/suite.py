@@ -40,6 +40,8 @@ from ..errors import ConfigError
 
 RUN_FIELDS = {f.name for f in fields(RunConfig)}
 KINDS = ("synthetic", "real", "teacher")
+#: method kinds that synthesize nothing, so no synthesis budget applies to them
+UNBUDGETED_KINDS = ("real", "teacher")
 SUITE_KEYS = {"name", "description", "requires", "seeds", "notes", "reference", "published", "extends"}
 #: what ``[suite] extends = "BASE.toml"`` takes from the base suite: these tables, entry by entry (the
 #: extending file's entries of the same id win), and these [suite] keys unless set; never the methods
@@ -349,8 +351,7 @@ def _extend(data: dict, path: Path) -> dict:
         if inherited or own:
             merged[key] = {**inherited, **own}
     # an inherited budget none of this file's methods uses has no cells (and may name a method not here)
-    # (real images and the teacher have no synthesis budget, whether or not they say budgets = [])
-    wanted = [m.get("budgets", [] if m.get("kind") in ("real", "teacher") else None) if isinstance(m, dict) else None
+    wanted = [m.get("budgets", [] if m.get("kind") in UNBUDGETED_KINDS else None) if isinstance(m, dict) else None
               for m in _table(data, "methods", path).values()]
     if wanted and all(isinstance(b, list) for b in wanted):
         used = {b for budgets in wanted for b in budgets} | set(_table(data, "budgets", path))
@@ -482,7 +483,7 @@ def load_suite(path: str | Path, *, overrides: dict[str, str] | None = None, roo
             raise SuiteError(f"{where}: a real-images method needs synthetic = \"${{prereq:ID}}\" (a data import)")
         if kind == "synthetic" and "synthetic" in mpart:
             raise SuiteError(f"{where}: synthetic = ... belongs to kind = \"real\" methods")
-        method_budgets = mtable.get("budgets", [] if kind == "real" else list(budgets))
+        method_budgets = mtable.get("budgets", [] if kind in UNBUDGETED_KINDS else list(budgets))
         if not isinstance(method_budgets, list) or any(b not in budgets for b in method_budgets):
             raise SuiteError(f"{where}: budgets must list ids of [budgets.*] tables; known: {', '.join(budgets)}")
         if kind == "real" and method_budgets:
