@@ -93,12 +93,64 @@ class Component:
         self.ctx = ctx if ctx is not None else RunContext()
 
 
+SCHEDULES = ("offline", "online")
+
+
 class Synthesizer(Component, abc.ABC):
     """Model inversion: produces labelled images from a frozen teacher, one batch at a time.
 
-    The driver (:func:`dfcompress.synthesis.synthesize`) chooses labels and a per-batch seed, so that
+    The driver (:func:`dfcompress.synthesis.run_synthesis`) chooses labels and a per-batch seed, so that
     a data set is reproducible batch by batch and an interrupted run resumes where it stopped.
+
+    What a method can do is declared by class attributes (like llm's ``can_stream``), which tasks, the
+    pipeline, the bench runner and ``dfcompress plugins`` read instead of guessing from option names.
     """
+
+    #: the method can take the current student (a competition / adversarial term); see :meth:`wants_student`
+    uses_student: ClassVar[bool] = False
+    #: the name of the option that ``--iterations`` sets (optimisation steps per batch); None: no such budget
+    iterations_option: ClassVar[str | None] = None
+    #: the method keeps state across batches (a generator): :meth:`state_dict` must resume it
+    stateful: ClassVar[bool] = False
+    #: the teacher must have BatchNorm running statistics
+    needs_batchnorm: ClassVar[bool] = False
+    #: the method needs real guide images (``-s guides=FOLDER``) or statistics collected from them
+    needs_guides: ClassVar[bool] = False
+    #: the schedule used when ``--schedule`` is not given: ``offline`` (synthesize everything, then train)
+    #: or ``online`` (rounds of synthesis against the current student, each followed by training)
+    default_schedule: ClassVar[str] = "offline"
+
+    @classmethod
+    def capabilities(cls) -> dict[str, Any]:
+        """The declared capabilities, for listings and docs."""
+        return {
+            "uses_student": cls.uses_student,
+            "iterates": cls.iterations_option is not None,
+            "stateful": cls.stateful,
+            "needs_batchnorm": cls.needs_batchnorm,
+            "needs_guides": cls.needs_guides,
+            "default_schedule": cls.default_schedule,
+        }
+
+    @property
+    def iterates(self) -> bool:
+        return self.iterations_option is not None
+
+    def wants_student(self) -> bool:
+        """Whether this configured instance uses the student (e.g. DeepInversion only with ``adi_scale > 0``).
+        Defaults to the class's ``uses_student``; methods whose student term is optional override it."""
+        return self.uses_student
+
+    def schedule(self) -> str:
+        """The schedule this configured instance runs under by default: online when it uses the student."""
+        return "online" if self.wants_student() else self.default_schedule
+
+    def state_dict(self) -> dict[str, Any]:
+        """State kept across batches (for ``stateful`` methods), saved with each online round."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict` (after :meth:`setup`)."""
 
     def setup(self, teacher: Teacher) -> None:
         """Check that this method can invert ``teacher`` (raise UnsupportedTeacherError if not) and prepare."""
@@ -111,7 +163,8 @@ class Synthesizer(Component, abc.ABC):
         """Images for ``labels`` (a 1-D long tensor on the context's device).
 
         ``generator`` seeds every random draw of this batch. ``student`` is the current student for
-        methods with a teacher-student competition term (ADI); others ignore it."""
+        methods that use it (``wants_student()``), or None (offline, or an online warm-up round): a method
+        then leaves its student term out."""
 
     def close(self) -> None:
         """Release hooks and buffers; called when synthesis ends, also on error."""

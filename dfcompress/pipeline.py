@@ -128,8 +128,8 @@ class Run:
         cls = self.registry.get("synthesizers", self.config.synth)
         overrides = {}
         if self.config.iterations is not None:
-            if "iterations" in {o.name for o in opts.options_of(cls.Config)}:
-                overrides["iterations"] = self.config.iterations
+            if cls.iterations_option is not None:
+                overrides[cls.iterations_option] = self.config.iterations
             else:
                 logger.info("synthesizer %s does not iterate; --iterations is not used", self.config.synth)
         return self.component("synthesizers", self.config.synth, {**overrides, **self.config.synth_options})

@@ -50,6 +50,12 @@ class DeepInversion(Synthesizer):
     summary = "DeepInversion: pixels optimised for CE + BatchNorm statistics + image priors (+ADI)"
     paper = "Yin et al., Dreaming to Distill: Data-free Knowledge Transfer via DeepInversion, CVPR 2020"
     Config = DeepInversionConfig
+    uses_student = True
+    iterations_option = "iterations"
+    needs_batchnorm = True
+
+    def wants_student(self) -> bool:
+        return self.config.adi_scale > 0
 
     def setup(self, teacher: Teacher) -> None:
         require_batchnorm(teacher, "deepinversion")

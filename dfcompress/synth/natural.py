@@ -74,6 +74,12 @@ class NaturalInversion(Synthesizer):
     summary = "NaturalInversion: one-to-one generator + Feature Transfer Pyramid + Adaptive Channel Scaling"
     paper = "Kim et al., NaturalInversion: Data-Free Image Synthesis Improving Real-World Consistency, AAAI 2022"
     Config = NaturalInversionConfig
+    uses_student = True
+    iterations_option = "iterations"
+    needs_batchnorm = True
+
+    def wants_student(self) -> bool:
+        return self.config.adi_scale > 0
 
     def setup(self, teacher: Teacher) -> None:
         cfg = self.config

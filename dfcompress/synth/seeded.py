@@ -49,6 +49,8 @@ class SeededInversion(Synthesizer):
     summary = "Seed-conditional inversion: class-conditional feature statistics from seed images"
     paper = "Zhu et al., You Get What You Sow: High Fidelity Image Synthesis with a Single Pretrained Network, IJCAI 2021"
     Config = SeededInversionConfig
+    iterations_option = "iterations"
+    needs_guides = True
 
     def setup(self, teacher: Teacher) -> None:
         cfg = self.config

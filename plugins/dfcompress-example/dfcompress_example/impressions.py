@@ -127,6 +127,7 @@ class ClassImpressions(Synthesizer):
     name = "impressions"
     summary = "ZSKD data impressions: pixels fit to Dirichlet soft labels at temperature T (no BatchNorm statistics)"
     paper = "arXiv:1905.08114"
+    iterations_option = "iterations"
 
     @dataclass(frozen=True)
     class Config:
