@@ -245,15 +245,24 @@ def models() -> None:
 @click.argument("kind", type=click.Choice(["synthesizers", "distillers", "pruners", "tasks"]))
 @click.argument("name")
 def show(kind: str, name: str) -> None:
-    """Show a component's options (name, type, default, help) as a Markdown table."""
-    from .options import markdown_table
+    """Show a component's declared capabilities (synthesizers) and its options (name, type, default, help)
+    as a Markdown table."""
+    from .options import markdown_table, options_of
 
     cls = _registry().get(kind, name)
     click.echo(f"{cls.name}: {cls.summary}")
     if getattr(cls, "paper", None):
         click.echo(f"paper: {cls.paper}")
+    capabilities = getattr(cls, "capabilities", None)
+    if callable(capabilities):
+        click.echo("\ncapabilities:")
+        for key, value in capabilities().items():
+            text = str(value).lower() if isinstance(value, bool) else str(value)
+            click.echo(f"  {key + ':':<17} {text}")
+        if getattr(cls, "iterations_option", None):
+            click.echo(f"  {'--iterations:':<17} sets option {cls.iterations_option}")
     click.echo("")
-    click.echo(markdown_table(cls.Config))
+    click.echo(markdown_table(cls.Config) if options_of(cls.Config) else "no options")
 
 
 @cli.group(context_settings=CONTEXT_SETTINGS)

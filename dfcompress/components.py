@@ -173,6 +173,14 @@ class Synthesizer(Component, abc.ABC):
 class Distiller(Component, abc.ABC):
     """Trains a student from a teacher on (synthetic) images."""
 
+    #: can train step by step on a pool that grows between calls (online schedule, time budgets)
+    can_train_online: ClassVar[bool] = False
+
+    def online_trainer(self, student: nn.Module, teacher: Teacher) -> Any:
+        """An object with ``train(images, labels, steps, *, generator, progress) -> dict`` and
+        ``state_dict()`` / ``load_state_dict()``, for distillers with ``can_train_online``."""
+        raise NotImplementedError(f"distiller {self.name} cannot train online")
+
     @abc.abstractmethod
     def fit(
         self,

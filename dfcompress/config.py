@@ -1,6 +1,7 @@
 """The run configuration: one dataclass from which `dfcompress run` flags, config files and docs derive."""
 from __future__ import annotations
 
+import re
 import tomllib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -8,6 +9,27 @@ from typing import Any, Optional
 
 from .errors import ConfigError
 from .options import as_dict, build, options_of, to_toml
+
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(h|m|s)?", re.I)
+_UNIT = {"h": 3600.0, "m": 60.0, "s": 1.0, None: 1.0}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in a duration such as ``30m``, ``90s``, ``1h30m``, ``1.5h`` or ``45`` (seconds)."""
+    value = str(text).strip()
+    pos, total, parts = 0, 0.0, 0
+    while pos < len(value):
+        match = _DURATION.match(value, pos)
+        if match is None or match.end() == pos:
+            break
+        total += float(match.group(1)) * _UNIT[match.group(2).lower() if match.group(2) else None]
+        pos, parts = match.end(), parts + 1
+        while pos < len(value) and value[pos] == " ":
+            pos += 1
+    if not value or pos != len(value) or parts == 0 or total <= 0:
+        raise ConfigError(f"--time-budget {text!r} is not a positive duration; use e.g. 30m, 90s, 1h30m or 1.5h")
+    return total
 
 
 def _opt(default: Any, help: str, **extra: Any) -> Any:
@@ -35,6 +57,17 @@ class RunConfig:
     labels: str = _opt("balanced", "target labels: balanced, random, or a comma list of class indices")
     iterations: Optional[int] = _opt(None, "synthesis iterations per batch (default: the synthesizer's own)")
     epochs: Optional[int] = _opt(None, "training epochs of the distiller (default: the task's own)")
+    schedule: Optional[str] = _opt(None, "offline (synthesize every image, then train) or online (rounds of synthesis "
+                                   "against the current student, each followed by training); default: the "
+                                   "synthesizer's own", choices=("offline", "online"))
+    time_budget: Optional[str] = _opt(None, "total wall time for synthesis + training, e.g. 30m, 90s, 1h30m; the run "
+                                      "stops there, evaluates and reports (default: no limit)")
+    round_batches: int = _opt(1, "online: synthesis batches per round")
+    round_steps: int = _opt(50, "online: training steps over the whole pool per round (and per training-only round "
+                                "of a time-bounded run)")
+    warmup_rounds: int = _opt(0, "online: first rounds that only synthesize (no training, no student term)")
+    eval_every: int = _opt(0, "online: evaluate on the real data every this many rounds (a learning curve); 0: never")
+    synthesis_share: float = _opt(0.5, "offline with --time-budget: the share of the budget spent synthesizing")
     synthetic: Optional[str] = _opt(None, "reuse a synthetic data set directory instead of synthesizing")
     eval_data: Optional[str] = _opt(None, "real evaluation data: a folder, a .tar.gz, digits, cifar10:PATH")
     device: str = _opt("auto", "auto, cpu, cuda, cuda:N, mps")
@@ -56,6 +89,21 @@ class RunConfig:
             raise ConfigError(f"--iterations must be at least 1, got {self.iterations}")
         if self.epochs is not None and self.epochs < 0:
             raise ConfigError(f"--epochs must be at least 0, got {self.epochs}")
+        if self.time_budget is not None:
+            parse_duration(self.time_budget)
+        for name in ("round_batches", "round_steps"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        for name in ("warmup_rounds", "eval_every"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"--{name.replace('_', '-')} must be at least 0, got {getattr(self, name)}")
+        if not 0.0 < self.synthesis_share < 1.0:
+            raise ConfigError(f"--synthesis-share must be in (0, 1), got {self.synthesis_share}")
+
+    @property
+    def budget_seconds(self) -> float | None:
+        """``time_budget`` in seconds, or None."""
+        return None if self.time_budget is None else parse_duration(self.time_budget)
 
     def to_dict(self) -> dict:
         data = {k: v for k, v in as_dict(self).items() if k not in COMPONENT_TABLES}

@@ -5,7 +5,7 @@ import contextlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import torch
 
@@ -45,6 +45,9 @@ class RunContext:
     log_every: int = 50
     #: set by the SIGINT/SIGTERM handler; long loops check it between steps
     stop_requested: bool = False
+    #: progress hook of inner loops: called after every step with (step, steps, loss values or None); the
+    #: values come only every ``log_every`` steps, where the loop synchronises anyway (set by run_synthesis)
+    on_step: Callable[[int, int, dict[str, float] | None], None] | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:

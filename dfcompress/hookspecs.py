@@ -38,10 +38,21 @@ def register_tasks(register):
 
 
 @hookspec
-def register_teachers(register):
-    """Register model sources: ``register(builder, name="timm")`` makes ``timm:<name>`` specs resolvable.
+def register_models(register):
+    """Register model sources (teachers and students): ``register(source, name="timm")`` makes
+    ``timm:<name>`` specs resolvable.
 
-    A builder is a :class:`dfcompress.models.ModelSource` subclass."""
+    A source is a :class:`dfcompress.models.base.ModelSource` subclass."""
+
+
+@hookspec
+def register_teachers(register):
+    """Deprecated alias of :func:`register_models` (its old name), kept for one release: its registrations
+    still count, with a ``DeprecationWarning``."""
+
+
+#: hooks kept under their old name for a release: old name -> new name
+DEPRECATED_HOOKS = {"register_teachers": "register_models"}
 
 
 @hookspec

@@ -10,6 +10,7 @@ import importlib
 import importlib.metadata
 import logging
 import os
+import warnings
 from functools import lru_cache
 
 import pluggy
@@ -17,7 +18,8 @@ import pluggy
 from . import hookspecs
 from ._version import __version__
 from .errors import DFCompressError
-from .registry import KINDS, Registry
+from .hookspecs import DEPRECATED_HOOKS
+from .registry import HOOKS, KINDS, Registry
 
 logger = logging.getLogger(__name__)
 
@@ -29,7 +31,7 @@ DEFAULT_PLUGINS = (
     "dfcompress.default_plugins.distillers",
     "dfcompress.default_plugins.pruners",
     "dfcompress.default_plugins.tasks",
-    "dfcompress.default_plugins.teachers",
+    "dfcompress.default_plugins.models",
     "dfcompress.default_plugins.datasets",
     "dfcompress.default_plugins.commands",
     "dfcompress.default_plugins.bench_commands",
@@ -93,13 +95,16 @@ def build_registry(pm: PluginManager) -> Registry:
     """Call every plugin's registration hooks one by one, so that one broken plugin costs only itself."""
     registry = Registry(errors=list(pm.load_errors))
     broken: set[str] = set()
-    for kind in KINDS:
-        hook = getattr(pm.hook, f"register_{kind}")
-        for impl in hook.get_hookimpls():
+    hooks = [(kind, hook_name) for kind in KINDS for hook_name in HOOKS[kind]]
+    for kind, hook_name in hooks:
+        for impl in getattr(pm.hook, hook_name).get_hookimpls():
             plugin = impl.plugin_name
             if plugin in broken:
                 continue
             package, version = pm.dists.get(plugin, (plugin, ""))
+            if hook_name in DEPRECATED_HOOKS:
+                warnings.warn(f"plugin {package}: the hook {hook_name} is deprecated and will be removed; rename it "
+                              f"to {DEPRECATED_HOOKS[hook_name]}", DeprecationWarning, stacklevel=2)
             try:
                 register = registry.registrar(kind, plugin, package, version)
                 impl.function(**{arg: register for arg in impl.argnames})
@@ -107,7 +112,7 @@ def build_registry(pm: PluginManager) -> Registry:
                 for entries in registry.entries.values():  # drop all the broken plugin registered
                     entries[:] = [e for e in entries if e.plugin != plugin]
                 broken.add(plugin)
-                _fail(package, f"register_{kind} raised {type(exc).__name__}: {exc}", registry.errors)
+                _fail(package, f"{hook_name} raised {type(exc).__name__}: {exc}", registry.errors)
     return registry
 
 

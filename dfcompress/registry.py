@@ -8,8 +8,12 @@ from typing import Any, Callable, Iterable
 
 from .errors import AmbiguousComponentError, DFCompressError, UnknownComponentError
 
-#: The kinds of registry, each filled by the hook ``register_<kind>``.
+#: The kinds of registry, each filled by the hook ``register_<kind>`` except where :data:`HOOKS` says otherwise.
 KINDS = ("synthesizers", "distillers", "pruners", "tasks", "teachers", "datasets")
+
+#: The hooks that fill each kind, the current one first (then deprecated names that still count). The model
+#: sources keep the kind "teachers" (specs, ``dfcompress models``) but are registered by ``register_models``.
+HOOKS = {kind: (f"register_{kind}",) for kind in KINDS} | {"teachers": ("register_models", "register_teachers")}
 
 _SINGULAR = {
     "synthesizers": "synthesizer",

@@ -124,6 +124,26 @@ class SyntheticWriter:
         self.manifest["complete"] = self.complete
         self._write_manifest()
 
+    def truncate(self, count: int) -> None:
+        """Forget every shard from index ``count`` on (an online run resumed from an earlier round re-makes them)."""
+        dropped = [s for s in self.manifest["shards"] if s["index"] >= count]
+        if not dropped:
+            return
+        self.manifest["shards"] = [s for s in self.manifest["shards"] if s["index"] < count]
+        self.manifest["complete"] = self.complete
+        self.manifest.pop("final", None)
+        self._write_manifest()
+        for shard in dropped:
+            (self.directory / shard["file"]).unlink(missing_ok=True)
+        logger.info("%s: dropped %d shard(s) made after the last finished round", self.directory, len(dropped))
+
+    def finalize(self, reason: str) -> None:
+        """Mark the data set final with the shards it has (a time-bounded run stopped before making them all),
+        so that ``load`` and ``--synthetic`` accept it."""
+        self.manifest["final"] = True
+        self.manifest["final_reason"] = reason
+        self._write_manifest()
+
     def _write_manifest(self) -> None:
         atomic_write_text(self.directory / MANIFEST, json.dumps(self.manifest, indent=1, sort_keys=False))
 
@@ -172,27 +192,32 @@ class SyntheticData:
         return int(self.labels.numel())
 
 
-def load(directory: str | Path, *, require_complete: bool = True) -> SyntheticData:
-    """Read every shard, checking its checksum: a corrupt shard is a DataError naming the file."""
+def read_shard(directory: str | Path, shard: dict) -> dict[str, torch.Tensor]:
+    """The tensors of one manifest entry, checked against its checksum (a DataError naming the file)."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
+    path = Path(directory) / shard["file"]
+    if not path.is_file() or sha256_file(path) != shard["sha256"]:
+        raise DataError(f"shard {path} is missing or corrupt (checksum mismatch); run dfcompress data verify {directory}")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError) as exc:
+        raise DataError(f"shard {path} cannot be read: {exc}") from None
+
+
+def load(directory: str | Path, *, require_complete: bool = True) -> SyntheticData:
+    """Read every shard, checking its checksum: a corrupt shard is a DataError naming the file."""
     directory = Path(directory)
     manifest = read_manifest(directory)
-    if require_complete and not manifest.get("complete"):
+    if require_complete and not (manifest.get("complete") or manifest.get("final")):
         raise DataError(
             f"{directory} is an unfinished synthetic data set ({len(manifest['shards'])} shard(s)); "
             "re-run the same synthesize command to finish it"
         )
     images, labels, confidence = [], [], []
     for shard in manifest["shards"]:
-        path = directory / shard["file"]
-        if not path.is_file() or sha256_file(path) != shard["sha256"]:
-            raise DataError(f"shard {path} is missing or corrupt (checksum mismatch); run dfcompress data verify {directory}")
-        try:
-            tensors = load_file(str(path))
-        except (SafetensorError, OSError) as exc:
-            raise DataError(f"shard {path} cannot be read: {exc}") from None
+        tensors = read_shard(directory, shard)
         images.append(tensors["images"])
         labels.append(tensors["labels"])
         confidence.append(tensors["confidence"])

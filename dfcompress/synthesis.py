@@ -25,6 +25,32 @@ def teacher_confidence(teacher: Teacher, images: torch.Tensor, labels: torch.Ten
     return probs.gather(1, labels.to(device).view(-1, 1)).squeeze(1).cpu()
 
 
+class SynthesisProgress:
+    """The synthesis progress bar: it advances per iteration of the synthesizer's loop (through
+    ``ctx.on_step``) when the synthesizer iterates, else per batch, with the live loss values as postfix."""
+
+    def __init__(self, synth: Synthesizer, ctx: RunContext, batches: int) -> None:
+        option = synth.iterations_option
+        self.steps = max(1, int(getattr(synth.config, option))) if option is not None else 1
+        self.bar = ctx.progress(total=batches * self.steps, desc=f"synthesize ({synth.name})")
+        self.batches_done = 0
+
+    def on_step(self, step: int, total: int, values: dict[str, float] | None) -> None:
+        """``RunContext.on_step``: move to ``step`` of the current batch; show ``values`` when given."""
+        self.bar.update(self.batches_done * self.steps + min(step, self.steps) - self.bar.n)
+        if values:
+            self.bar.set_postfix({k: f"{v:.3g}" for k, v in values.items()}, refresh=False)
+
+    def batch_done(self, metrics: dict) -> None:
+        """The end of a batch (also for synthesizers that do not report their steps)."""
+        self.batches_done += 1
+        self.bar.update(self.batches_done * self.steps - self.bar.n)
+        self.bar.set_postfix({k: f"{v:.3g}" for k, v in metrics.items() if k in ("loss", "teacher_acc")})
+
+    def close(self) -> None:
+        self.bar.close()
+
+
 def run_synthesis(
     synth: Synthesizer,
     teacher: Teacher,
@@ -39,14 +65,18 @@ def run_synthesis(
     """Synthesize the pending shards of ``writer`` (at most ``max_shards``); return how many were written.
 
     Each shard draws its labels and every random number from its own seed. On SIGINT/SIGTERM the shard in
-    progress is dropped and :class:`Interrupted` is raised; finished shards stay on disk."""
+    progress is dropped and :class:`Interrupted` is raised; finished shards stay on disk. Unless ``ctx.quiet``,
+    a progress bar advances per iteration (:class:`SynthesisProgress`, through ``ctx.on_step``)."""
     from .synth import make_labels
 
     pending = writer.pending()[:max_shards]
     if not pending:
         return 0
     written = 0
-    bar = ctx.progress(total=len(pending), desc=f"synthesize ({synth.name})")
+    progress = SynthesisProgress(synth, ctx, len(pending))
+    previous_hook = ctx.on_step
+    if not ctx.quiet:
+        ctx.on_step = progress.on_step
     try:
         for plan in pending:
             generator = ctx.generator(plan.seed)
@@ -61,8 +91,7 @@ def run_synthesis(
             confidence = teacher_confidence(teacher, batch.images, batch.labels, ctx.device)
             writer.add(plan, batch.images, batch.labels, confidence=confidence, metrics=metrics)
             written += 1
-            bar.update(1)
-            bar.set_postfix({k: f"{v:.3g}" for k, v in metrics.items() if k in ("loss", "teacher_acc")})
+            progress.batch_done(metrics)
             logger.info(
                 "shard %d/%d: %d images in %.1f s, %s", plan.index + 1, len(writer.plan()), plan.count,
                 metrics["seconds"], ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, float)),
@@ -70,7 +99,8 @@ def run_synthesis(
             if on_shard is not None:
                 on_shard(plan, metrics)
     finally:
-        bar.close()
+        ctx.on_step = previous_hook
+        progress.close()
     return written
 
 

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import copy
-import dataclasses
 import logging
 import math
 from typing import Any, ClassVar
@@ -11,6 +10,7 @@ import torch
 from torch import nn
 
 from .components import Task
+from .errors import ConfigError
 from .pipeline import Run
 
 logger = logging.getLogger(__name__)
@@ -116,8 +116,47 @@ def save_student(run: Run, model: nn.Module, spec: str) -> str:
     return path.name
 
 
-def _uses_competition(synth: Any) -> bool:
-    return float(getattr(synth.config, "adi_scale", 0.0) or 0.0) > 0
+def _evaluator(run: Run) -> Any:
+    """top-1 of a model on the run's real data, for the learning curve (None without real data)."""
+    if run.eval_data is None:
+        return None
+    from .metrics.classification import topk_accuracy
+
+    def top1(model: nn.Module) -> float:
+        model.eval()
+        return topk_accuracy(_eval_logits(run, model), run.eval_data.labels, (1,))["top1"]
+
+    return top1
+
+
+def scheduled_training(run: Run, mode: str, synth: Any, student: nn.Module, distiller: Any, name: str) -> Any:
+    """Train ``student`` under the online schedule or a time budget (:mod:`dfcompress.schedule`); return the pool."""
+    from . import synthdata
+    from .schedule import Schedule, plot_curve
+    from .synthesis import open_writer
+
+    config = run.config
+    writer = data = None
+    if synth is None:
+        data = run.synthetic_data()
+    else:
+        writer = open_writer(run.out_dir / "synthetic", run.teacher, synth, num_images=config.num_images,
+                             batch_size=config.batch_size, seed=config.seed, labels=config.labels,
+                             extra={"schedule": mode})
+    schedule = Schedule(run, mode=mode, student=student, distiller=distiller, name=name, synth=synth, writer=writer,
+                        data=data, evaluate=_evaluator(run) if config.eval_every else None)
+    result = schedule.execute()
+    run.metrics[name] = result
+    run.timings["synthesize"] = result["synthesis_s"]
+    run.timings[name] = result["training_s"]
+    curve = plot_curve({f"{config.synth} {mode}": result["curve"]}, run.out_dir / "images" / "learning-curve.png",
+                       title=f"{name}: top-1 against wall time")
+    if curve is not None:
+        run.artifacts["curve"] = str(curve.relative_to(run.out_dir))
+    if writer is None:
+        return data
+    run.artifacts["synthetic"] = str(writer.directory)
+    return synthdata.load(writer.directory)
 
 
 class DistillTask(Task):
@@ -126,68 +165,30 @@ class DistillTask(Task):
     distill_defaults: ClassVar[dict] = {}
 
     def run(self, run: Run) -> dict[str, Any]:
+        from .schedule import choose_schedule
+
         teacher = run.teacher
         student_spec = run.config.student or run.config.teacher
         student = run.build_model(student_spec)
         run.metrics["student"] = student_spec
         distiller = run.distiller(self.distill_defaults)
         synth = None if run.config.synthetic else run.synthesizer()
-        checkpoint = run.out_dir / "checkpoints" / "distill.pt"
-        if synth is not None and _uses_competition(synth):
-            data = self._alternate(run, synth, student, distiller)
+        mode = choose_schedule(run.config, synth, distiller)
+        if mode == "online" or run.config.budget_seconds is not None:
+            data = scheduled_training(run, mode, synth, student, distiller, "distill")
+            assess_synthetic(run, data)
         else:
             data = run.synthetic_data(synth)
             assess_synthetic(run, data)
+            checkpoint = run.out_dir / "checkpoints" / "distill.pt"
             with run.stage("distill"):
                 run.metrics["distill"] = distiller.fit(student, teacher, data.images, data.labels, checkpoint=checkpoint)
-        if "synthetic" not in run.metrics:
-            assess_synthetic(run, data)
         with run.stage("evaluate"):
             evaluate_model(run, "teacher", teacher.model)
             evaluate_model(run, "student", student, compare_to_teacher=True)
         run.artifacts["model"] = save_student(run, student, student_spec)
         _record_size(run, "student", run.out_dir / run.artifacts["model"])
         return run.metrics
-
-    def _alternate(self, run: Run, synth: Any, student: nn.Module, distiller: Any) -> Any:
-        """ADI: synthesize each batch against the current student, then distill on the growing pool.
-
-        The distiller's epochs are spread over the rounds (ceil(epochs / rounds) each)."""
-        from . import synthdata
-        from .synthesis import open_writer, run_synthesis
-
-        directory = run.out_dir / "synthetic"
-        writer = open_writer(directory, run.teacher, synth, num_images=run.config.num_images,
-                             batch_size=run.config.batch_size, seed=run.config.seed, labels=run.config.labels,
-                             extra={"adi_alternation": True})
-        rounds = len(writer.plan())
-        epochs = getattr(distiller.config, "epochs", 1)
-        per_round = max(1, math.ceil(epochs / rounds))
-        round_distiller = type(distiller)(dataclasses.replace(distiller.config, epochs=per_round), run.ctx)
-        synth.setup(run.teacher)
-        spent = {"epochs": 0, "seconds": 0.0}
-        try:
-            for plan in writer.plan():
-                student.eval()
-                if plan.index in {p.index for p in writer.pending()}:
-                    with run.stage("synthesize"):
-                        run_synthesis(synth, run.teacher, writer, run.ctx, labels=run.config.labels,
-                                      student=student, max_shards=1)
-                pool = synthdata.load(directory, require_complete=False)
-                with run.stage("distill"):
-                    run.metrics["distill"] = round_distiller.fit(
-                        student, run.teacher, pool.images, pool.labels,
-                        checkpoint=run.out_dir / "checkpoints" / f"distill-round{plan.index:03d}.pt",
-                    )
-                spent["epochs"] += run.metrics["distill"].get("epochs", 0)
-                spent["seconds"] += run.metrics["distill"].get("seconds", 0.0)
-        finally:
-            synth.close()
-        # the last round's figures, with epochs and seconds summed over the rounds
-        run.metrics["distill"].update(epochs=spent["epochs"], seconds=round(spent["seconds"], 3), epochs_per_round=per_round)
-        run.metrics["adi_rounds"] = rounds
-        run.artifacts["synthetic"] = str(directory)
-        return synthdata.load(directory)
 
 
 class PruneTask(Task):
@@ -197,13 +198,24 @@ class PruneTask(Task):
     distill_defaults: ClassVar[dict] = {"epochs": 20, "lr": 0.001}
 
     def run(self, run: Run) -> dict[str, Any]:
+        from .schedule import choose_schedule
+
         teacher = run.teacher
-        data = run.synthetic_data()
-        assess_synthetic(run, data)
         pruner = run.pruner()
+        distiller = run.distiller(self.distill_defaults)
+        synth = None if run.config.synthetic else run.synthesizer()
+        mode = choose_schedule(run.config, synth, distiller)
+        scheduled = mode == "online" or run.config.budget_seconds is not None
+        if scheduled and pruner.needs_data:
+            raise ConfigError(f"pruner {pruner.name} needs images before pruning, which an online or time-bounded run "
+                              "makes only while fine-tuning; use --schedule offline without --time-budget, or a "
+                              "data-free criterion (e.g. --pruner l1)")
+        data = None if scheduled else run.synthetic_data(synth)
+        if data is not None:
+            assess_synthetic(run, data)
         model = _train_copy(teacher.model)
         batches = None
-        if getattr(pruner, "needs_data", False):
+        if pruner.needs_data:
             batches = list(_batches(run, data, batch_size=min(64, len(data)), limit=4))
         with run.stage("prune"):
             result = pruner.prune(model, teacher.input, ratio=run.config.ratio, ratio_of=run.config.ratio_of,
@@ -214,11 +226,14 @@ class PruneTask(Task):
         with run.stage("evaluate"):
             evaluate_model(run, "teacher", teacher.model)
             evaluate_model(run, "pruned", copy.deepcopy(pruned), compare_to_teacher=True)
-        distiller = run.distiller(self.distill_defaults)
-        with run.stage("fine-tune"):
-            pruned.train()
-            run.metrics["distill"] = distiller.fit(pruned, teacher, data.images, data.labels,
-                                                   checkpoint=run.out_dir / "checkpoints" / "finetune.pt")
+        pruned.train()
+        if scheduled:
+            data = scheduled_training(run, mode, synth, pruned, distiller, "distill")
+            assess_synthetic(run, data)
+        else:
+            with run.stage("fine-tune"):
+                run.metrics["distill"] = distiller.fit(pruned, teacher, data.images, data.labels,
+                                                       checkpoint=run.out_dir / "checkpoints" / "finetune.pt")
         with run.stage("evaluate"):
             evaluate_model(run, "final", pruned, compare_to_teacher=True)
         from .prune import save_pruned

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from dfcompress.bench import launch as bench_launch
 from dfcompress.bench import runner as bench_runner
 from dfcompress.bench.suite import SuiteError, load_suite
 
@@ -30,7 +31,6 @@ def bench_cli(monkeypatch):
 
     if PLUGIN not in plugins.DEFAULT_PLUGINS:
         monkeypatch.setattr(plugins, "DEFAULT_PLUGINS", (*plugins.DEFAULT_PLUGINS, PLUGIN))
-    monkeypatch.setattr(bench_runner, "_CLI", [])
     from dfcompress.cli import build_cli
 
     return build_cli()
@@ -323,7 +323,7 @@ def test_run_args_round_trip_through_the_real_run_command(tmp_path):
     suite = load_suite(REPO / "benchmarks" / "suites" / "cifar10-cpu.toml")
     cell = suite.cell("deepinversion-adi--prune50--it200--s0")
     config = dict(cell.config, iterations=200)
-    args = bench_runner.run_args(config, "out/dir")
+    args = bench_launch.run_args(config, "out/dir")
     ctx = run.make_context("run", list(args))
     from dfcompress.options import parse_assignments
 
@@ -335,7 +335,7 @@ def test_run_args_round_trip_through_the_real_run_command(tmp_path):
         "prune_options": parse_assignments(params["prune_opt"], flag="-p")})
     expected = make_run_config(config, {"out": "out/dir"})
     assert parsed.to_dict() == {**expected.to_dict(), "synth_options": {"adi_scale": "0.2"}, "distill_options": {
-        k: bench_runner._flag_value(v) for k, v in expected.distill_options.items()}}
+        k: bench_launch._flag_value(v) for k, v in expected.distill_options.items()}}
     assert isinstance(ctx, click.Context)
 
 
@@ -381,6 +381,71 @@ def test_iterations_budget_rejected_for_a_synthesizer_without_iterations(bench_c
     text = SMALL_SUITE.replace('synth = "noise"\nbudgets = []', 'synth = "noise"')
     code, out = invoke(bench_cli, ["bench", str(make_suite(tmp_path, text)), "--dry-run", "--only", "noise"])
     assert code == 2 and "synthesizer noise has no iterations option; give the method budgets = []" in out
+
+
+def test_the_runner_reads_what_a_synthesizer_does_from_its_declared_capabilities(tmp_path):
+    """Whether a method synthesizes against the student comes from its class (``wants_student()``), whatever its
+    options are called; a cell whose images were made against the student is not re-made from its settings."""
+    from dataclasses import dataclass
+
+    from dfcompress.bench import results
+    from dfcompress.bench.capabilities import wants_student
+    from dfcompress.components import Synthesizer
+    from dfcompress.plugins import get_registry
+
+    @dataclass(frozen=True)
+    class RivalConfig:
+        rivalry: float = 0.0
+        iterations: int = 10
+
+    class Rival(Synthesizer):
+        Config = RivalConfig
+        uses_student = True
+        iterations_option = "iterations"
+
+        def wants_student(self) -> bool:
+            return self.config.rivalry > 0
+
+        def synthesize_batch(self, labels, *, generator, student=None):
+            raise NotImplementedError
+
+    class Registry:
+        def get(self, kind, name):
+            assert kind == "synthesizers"
+            return Rival if name == "rival" else get_registry().get(kind, name)
+
+    assert wants_student("rival", {"rivalry": "0.5"}, Registry())
+    assert not wants_student("rival", {}, Registry())
+    assert wants_student("deepinversion", {"adi_scale": 0.2}) and not wants_student("deepinversion", {})
+    assert not wants_student("noise", {})
+
+    text = SMALL_SUITE.replace('synth = "deepinversion"', 'synth = "rival"\nsynth_options = {{ rivalry = 1.0 }}')
+    suite = load_suite(make_suite(tmp_path, text))
+    runner = bench_runner.Runner(suite, registry=Registry())
+    out = runner.cell_dir("di--distill--it10--s0")
+    out.mkdir(parents=True)
+    (out / "metrics.json").write_text("{}")
+    problem = results.restore_images(runner.workspace, runner.launch, "di--distill--it10--s0", Registry())
+    assert "were made against its student during distillation" in problem
+
+
+def test_library_modules_do_not_import_the_command_line():
+    code = (
+        "import sys, pkgutil, importlib, dfcompress.bench as b\n"
+        "for m in pkgutil.iter_modules(b.__path__):\n    importlib.import_module(f'dfcompress.bench.{m.name}')\n"
+        "assert 'dfcompress.cli' not in sys.modules\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+def test_prerequisite_commands_are_checked_against_the_given_command_line(tmp_path, bench_cli):
+    text = SMALL_SUITE.replace('"--per-class", "2"', '"--per-klass", "2"')
+    suite = load_suite(make_suite(tmp_path, text))
+    runner = bench_runner.Runner(suite)
+    assert runner.validate_prerequisites(suite.cells) == {"real": None}  # no command line running: not checked
+    (problem,) = runner.validate_prerequisites(suite.cells, bench_cli).values()
+    assert "`dfcompress data import`: No such option '--per-klass'" in problem
 
 
 # --- running, resuming ------------------------------------------------------------------------------------
@@ -592,7 +657,7 @@ def test_killing_the_bench_and_rerunning_finishes_the_suite(tmp_path, fake):
 
 def test_bench_command_runs_writes_csv_and_exits_1_on_failure(bench_cli, tmp_path, fake, monkeypatch):
     launcher, calls = fake
-    monkeypatch.setattr(bench_runner, "DEFAULT_LAUNCHER", tuple(launcher))
+    monkeypatch.setattr(bench_launch, "DEFAULT_LAUNCHER", tuple(launcher))
     monkeypatch.setenv("FAKE_DIE", "noise--distill")
     path = make_suite(tmp_path)
     code, out = invoke(bench_cli, ["bench", str(path), "--only", "noise"])
@@ -665,11 +730,16 @@ def test_leaderboard_renders_tables_and_plots(tmp_path, bench_cli):
     assert "DeepInversion" in table and "20.00" in table and "30.00" in table
     assert "DI (NVlabs) (reference code, measured separately)" in table and "16.90" in table
     assert "Teacher" in table and "81.00" in table and "1,280" in table
-    assert "[config](results/demo/c1/config.toml) · [log](results/demo/c1/log.txt)" in table
-    assert "di--distill--a--s0: [config]" in table
+    # the main table links no configs or logs: the notes under it say where the other numbers come from
+    assert "[config]" not in table and "Config / log" not in table
+    assert "| Teacher [1] " in table and "- [1] ([source](results/demo/c1/config.toml))" in table
+    assert "DI (NVlabs) (reference code, measured separately) [2]" in table
+    assert "- [2] reference code, measured separately\n" in table
     prune = md.split("### Pruning")[1].split("###")[0]
     assert "ratio 0.5" in prune and "ratio 0.9" in prune and "70.00 (before fine-tuning 30.00)" in prune
     assert "failed (exit 1)" in md
+    every = md.split("### Every cell")[1]
+    assert "| [config](results/demo/c1/config.toml) · [log](results/demo/c1/log.txt) |" in every
     for name in ("demo-distill.png", "demo-prune.png"):
         data = (out / "plots" / name).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
@@ -693,7 +763,7 @@ def test_distill_plot_shows_the_seed_spread_of_a_method_run_with_several_seeds(t
     import pandas as pd
     from matplotlib.container import BarContainer, ErrorbarContainer
 
-    from dfcompress.bench import leaderboard
+    from dfcompress.bench import plots
 
     base = {"kind": "synthetic", "status": "ok", "task": "distill", "config.task": "distill", "budget": "a",
             "budget_label": "200 it"}
@@ -701,8 +771,8 @@ def test_distill_plot_shows_the_seed_spread_of_a_method_run_with_several_seeds(t
                           for i, t in enumerate((0.30, 0.36, 0.33))]
                          + [dict(base, cell="di--s0", method="di", method_label="DeepInversion", seed=0, top1=0.15)])
     figures = []
-    monkeypatch.setattr(leaderboard, "_save", lambda fig, path: figures.append(fig) or path)
-    leaderboard.plot_distill(frame, tmp_path / "p.png", "t")
+    monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig) or path)
+    plots.plot_distill(frame, tmp_path / "p.png", "t")
     ax = figures[0].axes[0]
     bars = [c for c in ax.containers if isinstance(c, BarContainer)][0]
     assert [round(b.get_width(), 6) for b in bars] == [33.0, 15.0]  # the mean of the seeds, the single run
@@ -833,7 +903,7 @@ def test_smoke_suite_end_to_end(tmp_path, bench_cli, monkeypatch):
         "if m not in p.DEFAULT_PLUGINS:\n    p.DEFAULT_PLUGINS = (*p.DEFAULT_PLUGINS, m)\n"
         "from dfcompress.cli import main\nmain()\n"
     )
-    monkeypatch.setattr(bench_runner, "DEFAULT_LAUNCHER", (sys.executable, str(wrapper)))
+    monkeypatch.setattr(bench_launch, "DEFAULT_LAUNCHER", (sys.executable, str(wrapper)))
     results = tmp_path / "results" / "cifar10-cpu-smoke"
     suite = REPO / "benchmarks" / "suites" / "cifar10-cpu-smoke.toml"
     code, out = invoke(bench_cli, ["bench", str(suite), "--results", str(results)])

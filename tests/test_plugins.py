@@ -13,6 +13,7 @@ import re
 import subprocess
 import sys
 import types
+import warnings
 
 import click
 import click.testing
@@ -54,15 +55,17 @@ class Thing:
     summary = "a thing for tests"
 
 
-def plugin_registering(kind: str, *calls: tuple[tuple, dict]) -> object:
-    """A class-based plugin whose ``register_<kind>`` hook makes the given ``register(*args, **kwargs)`` calls."""
+def plugin_registering(kind: str, *calls: tuple[tuple, dict], hook_name: str | None = None) -> object:
+    """A class-based plugin whose ``register_<kind>`` hook (or ``hook_name``) makes the given
+    ``register(*args, **kwargs)`` calls."""
+    hook_name = hook_name or f"register_{kind}"
 
     def hook(self, register):
         for args, kwargs in calls:
             register(*args, **kwargs)
 
-    hook.__name__ = f"register_{kind}"
-    cls = type(f"Plugin_{kind}", (), {f"register_{kind}": hookimpl(hook)})
+    hook.__name__ = hook_name
+    cls = type(f"Plugin_{kind}", (), {hook_name: hookimpl(hook)})
     return cls()
 
 
@@ -178,9 +181,10 @@ def test_listing_builtins_imports_no_torch():
 # --------------------------------------------------------------------------- one test per hook
 
 
-def _registers(kind: str) -> None:
+def _registers(kind: str, hook_name: str | None = None) -> None:
     name = f"my_{kind}"
-    pm = fresh_pm(myplugin=plugin_registering(kind, ((Thing,), {"name": name, "aliases": ("mine",)})))
+    pm = fresh_pm(myplugin=plugin_registering(kind, ((Thing,), {"name": name, "aliases": ("mine",)}),
+                                              hook_name=hook_name))
     registry = build_registry(pm)
     entry = registry.entry(kind, name)
     assert (entry.plugin, entry.package, entry.version) == ("myplugin", "myplugin", "")
@@ -208,8 +212,51 @@ def test_hook_register_tasks():
     _registers("tasks")
 
 
+def test_hook_register_models():
+    """Model sources fill the registry kind "teachers" (the specs' prefixes, ``dfcompress models``)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecationWarning)
+        _registers("teachers", hook_name="register_models")
+
+
 def test_hook_register_teachers():
-    _registers("teachers")
+    """The hook's old name still registers model sources, for a release, with a DeprecationWarning."""
+    with pytest.warns(DeprecationWarning, match=r"plugin myplugin: the hook register_teachers is deprecated.*"
+                                                r"rename it to register_models"):
+        _registers("teachers", hook_name="register_teachers")
+
+
+def test_builtins_use_register_models_and_warn_nothing():
+    pm = fresh_pm()
+    callers = {impl.plugin_name for impl in pm.hook.register_models.get_hookimpls()}
+    assert callers == {"dfcompress.default_plugins.models"}
+    assert pm.hook.register_teachers.get_hookimpls() == []
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecationWarning)
+        registry = build_registry(pm)
+    assert registry.entry("teachers", "demo").plugin == "dfcompress.default_plugins.models"
+
+
+def test_deprecated_hook_of_an_entry_point_plugin_registers_and_warns(monkeypatch):
+    def load():
+        module = types.ModuleType("dfcompress_oldhub")
+
+        @hookimpl
+        def register_teachers(register):
+            register(Thing, name="oldhub", summary="a model source under the old hook name")
+
+        module.register_teachers = register_teachers
+        return module
+
+    fake_entry_points(monkeypatch, FakeEntryPoint("oldhub", "dfcompress-oldhub", "0.1", load))
+    monkeypatch.setenv("DFCOMPRESS_LOAD_PLUGINS", "oldhub")
+    pm = get_plugin_manager()
+    assert pm.load_errors == []
+    with pytest.warns(DeprecationWarning, match="dfcompress-oldhub: the hook register_teachers is deprecated"):
+        registry = build_registry(pm)
+    entry = registry.entry("teachers", "oldhub")
+    assert (entry.package, entry.target) == ("dfcompress-oldhub", Thing)
+    assert registry.errors == []
 
 
 def test_hook_register_datasets():
@@ -525,3 +572,41 @@ def test_plugin_docs_name_the_environment_variables_and_the_example():
     for needle in ("DFCOMPRESS_LOAD_PLUGINS", "DFCOMPRESS_STRICT_PLUGINS", "plugins/dfcompress-example",
                    "[project.entry-points.dfcompress]"):
         assert needle in text
+
+
+# --------------------------------------------------------------------------- dfcompress show / plugins
+
+
+def test_show_prints_a_synthesizer_s_capabilities_and_its_options():
+    from dfcompress.cli import cli
+
+    result = click.testing.CliRunner().invoke(cli, ["show", "synthesizers", "deepinversion"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    block = lines[lines.index("capabilities:") + 1:]
+    assert re.match(r"  uses_student: +true$", block[0])
+    assert any(re.match(r"  needs_batchnorm: +true$", line) for line in block)
+    assert any(re.match(r"  default_schedule: +offline$", line) for line in block)
+    assert any(re.match(r"  --iterations: +sets option iterations$", line) for line in block)
+    assert "| `iterations` | int | `2000` |" in result.output
+
+
+def test_show_says_no_options_for_an_option_less_component_and_no_capabilities_outside_synthesizers():
+    from dfcompress.cli import cli
+
+    runner = click.testing.CliRunner()
+    noise = runner.invoke(cli, ["show", "synthesizers", "noise"])
+    assert noise.exit_code == 0 and noise.output.rstrip().endswith("no options") and "| option" not in noise.output
+    assert re.search(r"  iterates: +false", noise.output)
+    task = runner.invoke(cli, ["show", "tasks", "distill"])
+    assert task.exit_code == 0 and "capabilities" not in task.output and "no options" in task.output
+    pruner = runner.invoke(cli, ["show", "pruners", "l1"])
+    assert "capabilities" not in pruner.output and "| `max_channel_ratio` |" in pruner.output
+
+
+def test_the_plugins_command_imports_no_torch():
+    code = "import sys\nfrom dfcompress.cli import main\nmain(['plugins'])\nprint('torch' in sys.modules, file=sys.stderr)\n"
+    env = {**os.environ, "DFCOMPRESS_LOAD_PLUGINS": ""}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert "  noise " in out.stdout and "  demo " in out.stdout
+    assert out.stderr.strip().splitlines()[-1] == "False"

@@ -76,6 +76,10 @@ def test_every_registered_synthesizer_honours_the_contract(tiny_teacher, stats_f
         synth.setup(tiny_teacher)
         try:
             a = synth.synthesize_batch(labels, generator=ctx.generator(1))
+            if cls.stateful:  # its state moves on with every batch: a seed reproduces a batch from the same state
+                synth.close()
+                synth = _make(cls, ctx, stats_file, generator_width=16, latent_dim=64)
+                synth.setup(tiny_teacher)
             b = synth.synthesize_batch(labels, generator=ctx.generator(1))
             c = synth.synthesize_batch(labels, generator=ctx.generator(2))
         finally:
@@ -86,8 +90,9 @@ def test_every_registered_synthesizer_honours_the_contract(tiny_teacher, stats_f
         assert torch.equal(a.images, b.images), f"{cls.name} is not reproducible for a seed"
         assert not torch.equal(a.images, c.images), f"{cls.name} ignores the seed"
         assert 0.0 <= a.metrics["teacher_acc"] <= 1.0 and "seconds" in a.metrics
-        if cls.name != "noise":
+        if cls.name in ("deepinversion", "natural", "seeded"):
             assert a.metrics["iterations"] == 2 and {"loss", "loss_ce", "loss_bn"} <= set(a.metrics)
+            assert a.metrics["work_teacher"] == 4 * 2 and a.metrics["work_student"] == 0
         assert not any(m._forward_hooks or m._forward_pre_hooks for m in tiny_teacher.model.modules()), cls.name
         assert all(not p.requires_grad for p in tiny_teacher.model.parameters()) and not tiny_teacher.model.training
 
@@ -147,17 +152,19 @@ def test_deepinversion_keeps_the_lowest_loss_images_as_a_copy(tiny_teacher, monk
     assert best != len(losses) - 1 or not torch.allclose(seen[-1][1], seen[best][1])
 
 
-def test_deepinversion_adi_needs_a_student_and_uses_it(tiny_teacher):
+def test_deepinversion_adi_uses_the_student_and_leaves_the_term_out_without_one(tiny_teacher):
     from dfcompress.synth.deepinversion import DeepInversion
 
     synth = DeepInversion(DeepInversion.Config(iterations=2, adi_scale=0.2), RunContext())
     synth.setup(tiny_teacher)
-    with pytest.raises(ConfigError, match="student"):
-        synth.synthesize_batch(torch.tensor([0, 1]), generator=torch.Generator().manual_seed(0))
+    # an online warm-up round passes no student: the competition term is left out
+    alone = synth.synthesize_batch(torch.tensor([0, 1]), generator=torch.Generator().manual_seed(0))
+    assert "loss_adi" not in alone.metrics and alone.metrics["work_student"] == 0
     student = NoBNNet().train()
     batch = synth.synthesize_batch(torch.tensor([0, 1]), generator=torch.Generator().manual_seed(0), student=student)
     assert 0.0 <= batch.metrics["loss_adi"] <= 1.0
-    assert student.training and all(p.grad is None for p in student.parameters())
+    assert batch.metrics["work_teacher"] == batch.metrics["work_student"] == 2 * 2
+    assert student.training and all(p.grad is None and p.requires_grad for p in student.parameters())
 
 
 def test_natural_alpha_shape_and_one_to_one_reinitialisation(tiny_teacher, monkeypatch):
@@ -257,11 +264,9 @@ def test_stats_command_does_not_import_torch_at_import_time():
 def test_natural_competition_term_uses_the_student_without_touching_it(tiny_teacher):
     import copy
 
-    import pytest
     import torch
 
     from dfcompress.context import RunContext
-    from dfcompress.errors import ConfigError
     from dfcompress.synth.natural import NaturalInversion, NaturalInversionConfig
 
     student = copy.deepcopy(tiny_teacher.model).train()
@@ -271,11 +276,13 @@ def test_natural_competition_term_uses_the_student_without_touching_it(tiny_teac
     synth = NaturalInversion(NaturalInversionConfig(iterations=2, adi_scale=0.2), RunContext())
     synth.setup(tiny_teacher)
     labels = torch.arange(4)
-    with pytest.raises(ConfigError, match="needs the current student"):
-        synth.synthesize_batch(labels, generator=torch.Generator().manual_seed(0))
+    alone = synth.synthesize_batch(labels, generator=torch.Generator().manual_seed(0))  # warm-up: no term
+    assert "loss_adi" not in alone.metrics and alone.metrics["work_student"] == 0
     batch = synth.synthesize_batch(labels, generator=torch.Generator().manual_seed(0), student=student)
     synth.close()
     assert "loss_adi" in batch.metrics and 0.0 <= batch.metrics["loss_adi"] <= 1.0
+    # 4 images x 2 steps: teacher forward + backward, student forward + backward, the FTP's feature pass
+    assert batch.metrics["work_teacher"] == batch.metrics["work_student"] == batch.metrics["work_teacher_forward"] == 8
     assert student.training and all(p.requires_grad and p.grad is None for p in student.parameters())
     assert all(torch.equal(before[k], v) for k, v in student.state_dict().items())
 
@@ -316,3 +323,66 @@ def test_natural_init_schemes_and_pre_jitter(tiny_teacher):
     assert not (nets.ftp.out_conv.bias == 0).all()  # init=kaiming leaves the FTP at PyTorch's default
     # same seed, same nets: only the jitter of G(z|y) before the FTP differs
     assert not torch.allclose(images[False], images[True])
+
+
+@pytest.mark.parametrize("name", ["deepinversion", "natural", "seeded"])
+def test_inversion_loop_reports_every_step_and_the_values_every_log_every(name, tiny_teacher, stats_file):
+    from dfcompress.plugins import get_registry
+
+    calls = []
+    ctx = RunContext(log_every=2, on_step=lambda step, total, values: calls.append((step, total, values)))
+    synth = _make(get_registry().get("synthesizers", name), ctx, stats_file, iterations=5, generator_width=16, latent_dim=32)
+    synth.setup(tiny_teacher)
+    batch = synth.synthesize_batch(torch.tensor([0, 1]), generator=torch.Generator().manual_seed(0))
+    synth.close()
+    assert [(step, total) for step, total, _ in calls] == [(i, 5) for i in range(1, 6)]
+    assert [step for step, _, values in calls if values is not None] == [2, 4, 5]
+    assert all(isinstance(v, float) for v in calls[1][2].values()) and "loss" in calls[1][2]
+    assert batch.metrics["iterations"] == 5
+
+
+@pytest.mark.parametrize("name", ["deepinversion", "natural", "seeded"])
+def test_stop_before_the_first_step_returns_the_initial_images(name, tiny_teacher, stats_file):
+    from dfcompress.plugins import get_registry
+
+    ctx = RunContext()
+    synth = _make(get_registry().get("synthesizers", name), ctx, stats_file, generator_width=16, latent_dim=32)
+    synth.setup(tiny_teacher)
+    ctx.stop_requested = True
+    batch = synth.synthesize_batch(torch.tensor([0, 1]), generator=torch.Generator().manual_seed(0))
+    synth.close()
+    assert batch.images.shape == (2, 3, 32, 32) and batch.metrics["iterations"] == 0
+    assert batch.metrics["work_teacher"] == 0
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in tiny_teacher.model.modules())
+
+
+def test_iterations_below_one_are_refused(tiny_teacher):
+    from dfcompress.synth.deepinversion import DeepInversion
+
+    with pytest.raises(ConfigError, match="deepinversion: iterations must be >= 1"):
+        DeepInversion(DeepInversion.Config(iterations=0), RunContext()).setup(tiny_teacher)
+
+
+def test_synthesis_bar_advances_per_iteration_with_live_losses(tiny_teacher, tmp_path):
+    from dfcompress.synth.deepinversion import DeepInversion
+    from dfcompress.synthesis import SynthesisProgress, open_writer, run_synthesis
+
+    ctx = RunContext(quiet=False, log_every=2)
+    synth = DeepInversion(DeepInversion.Config(iterations=3), ctx)
+    synth.setup(tiny_teacher)
+    seen = []
+    original = SynthesisProgress.on_step
+
+    def spy(self, step, total, values):
+        original(self, step, total, values)
+        seen.append((self.bar.total, self.bar.n, values is not None))
+
+    SynthesisProgress.on_step = spy
+    try:
+        writer = open_writer(tmp_path / "data", tiny_teacher, synth, num_images=4, batch_size=2, seed=0, labels="balanced")
+        assert run_synthesis(synth, tiny_teacher, writer, ctx) == 2
+    finally:
+        SynthesisProgress.on_step = original
+    assert [n for _, n, _ in seen] == [1, 2, 3, 4, 5, 6] and {total for total, _, _ in seen} == {6}
+    assert [has for _, _, has in seen] == [False, True, True, False, True, True]
+    assert ctx.on_step is None  # the hook is the driver's only while it runs

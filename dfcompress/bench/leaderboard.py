@@ -2,8 +2,9 @@
 PNG plots (matplotlib, Agg) from the suites' result CSVs ``benchmarks/results/<suite>.csv``.
 
 Per suite: student top-1 per method and budget (like NaturalInversion's Table 5), top-1 against the pruning
-ratio per method (like its Figure 6), and every cell with its key metrics. Each of our rows links to its
-config.toml and log; reference-code rows (measured separately) and published numbers are marked as such.
+ratio per method (like its Figure 6), and every cell with its key metrics and links to its config.toml and
+log. Reference-code rows (measured separately) and published numbers are marked as such, their sources in
+notes under the table. The plots are drawn by :mod:`~dfcompress.bench.plots`.
 """
 from __future__ import annotations
 
@@ -15,11 +16,13 @@ from typing import Any
 
 from ..errors import DFCompressError
 from ..io import atomic_write_text
+from .rows import CELL_KINDS, OURS
+from .rows import label as _label
+from .rows import pct as _pct
+from .rows import task_type as _task_type
 
 logger = logging.getLogger(__name__)
 
-OURS = ("synthetic", "real", "teacher")
-MARKS = {"reference-code": " (reference code, measured separately)", "published": " (published)"}
 KIND_ORDER = {"teacher": 0, "real": 1, "synthetic": 2, "reference-code": 3, "published": 4}
 
 
@@ -43,14 +46,6 @@ def find_csvs(results_dir: Path, suites: list[str] | tuple[str, ...] = ()) -> li
     return paths
 
 
-def _pct(value: Any) -> float | None:
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        return None
-    return None if v != v else 100.0 * v
-
-
 def _fmt_runs(values: list[float]) -> str:
     values = [v for v in values if v is not None]
     if not values:
@@ -60,26 +55,21 @@ def _fmt_runs(values: list[float]) -> str:
     return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f} (n={len(values)})"
 
 
-def _links(rows: Any, link_base: Path, csv_dir: Path) -> str:
-    """``[config](...) · [log](...)`` per row (prefixed by the cell id when there are several), relative to
-    ``link_base``; a target that does not exist beside the CSV is shown as given."""
-    parts = []
-    for _, r in rows.iterrows():
-        links = []
-        for key in ("config", "log"):
-            target = r.get(key)
-            if isinstance(target, str) and target:
-                local = csv_dir / target
-                path = os.path.relpath(local.resolve(), link_base.resolve()) if local.exists() else target
-                links.append(f"[{key}]({path})")
-        if links:
-            parts.append((f"{r['cell']}: " if len(rows) > 1 else "") + " · ".join(links))
-    return "<br>".join(parts)
+def _links(row: Any, link_base: Path, csv_dir: Path) -> str:
+    """``[config](...) · [log](...)`` of a cell, relative to ``link_base``; a target that does not exist beside
+    the CSV is shown as given."""
+    links = []
+    for key in ("config", "log"):
+        target = row.get(key)
+        if isinstance(target, str) and target:
+            local = csv_dir / target
+            path = os.path.relpath(local.resolve(), link_base.resolve()) if local.exists() else target
+            links.append(f"[{key}]({path})")
+    return " · ".join(links)
 
 
-def _source(rows: Any, link_base: Path, csv_dir: Path) -> str:
-    """Reference-code and published rows: their note and, when it exists, a link to their source file."""
-    r = rows.iloc[0]
+def _source(r: Any, link_base: Path, csv_dir: Path) -> str:
+    """A row's note and, when it exists, a link to its source file (a reference file, the teacher's cell)."""
     text = str(r.get("note") or "")
     target = r.get("config")
     if isinstance(target, str) and target and (csv_dir / target).exists():
@@ -87,15 +77,31 @@ def _source(rows: Any, link_base: Path, csv_dir: Path) -> str:
     return text
 
 
-def _label(row: Any) -> str:
-    return str(row["method_label"]) + MARKS.get(row["kind"], "")
+class Notes:
+    """The notes under a main table: where its teacher, reference-code and published numbers come from (our
+    cells' configs and logs are linked from the "Every cell" table instead). Rows with the same note share it."""
+
+    def __init__(self, link_base: Path, csv_dir: Path) -> None:
+        self.link_base, self.csv_dir = link_base, csv_dir
+        self.texts: list[str] = []
+
+    def method(self, rows: Any) -> str:
+        """The Method cell of ``rows`` (one method's rows): its label and, for a number not from our cells, the
+        number of its note."""
+        first = rows.iloc[0]
+        text = _source(first, self.link_base, self.csv_dir).strip() if first["kind"] not in CELL_KINDS else ""
+        if not text:
+            return _label(first)
+        if text not in self.texts:
+            self.texts.append(text)
+        return f"{_label(first)} [{self.texts.index(text) + 1}]"
+
+    def markdown(self) -> list[str]:
+        """The notes as Markdown lines (none when there are none)."""
+        return [f"- [{i}] {text}" for i, text in enumerate(self.texts, 1)] + ([""] if self.texts else [])
 
 
-def _task_type(frame: Any) -> Any:
-    return frame.get("config.task", frame["task"]).fillna("")
-
-
-def distill_table(frame: Any, link_base: Path, csv_dir: Path) -> Any:
+def distill_table(frame: Any, notes: Notes) -> Any:
     """Method x budget: student top-1 % (teacher: its own top-1; budget-free rows in their own column)."""
     import pandas as pd
 
@@ -108,13 +114,12 @@ def distill_table(frame: Any, link_base: Path, csv_dir: Path) -> Any:
     keys.sort(key=lambda k: KIND_ORDER.get(k[0], 9))
     for kind, method in keys:
         sub = rows[(rows["kind"] == kind) & (rows["method"] == method)]
-        entry = {"Method": _label(sub.iloc[0])}
+        entry = {"Method": notes.method(sub)}
         for b in budgets:
             entry[b] = _fmt_runs([_pct(v) for v in sub[sub["budget_label"].fillna("") == b]["top1"]])
         entry["no synthesis budget"] = _fmt_runs([_pct(v) for v in sub[sub["budget_label"].fillna("") == ""]["top1"]])
         real = sub["real_images"].fillna(0).max() if "real_images" in sub else 0
         entry["real images used"] = f"{int(real):,}" if real else "0"
-        entry["Config / log"] = _links(sub, link_base, csv_dir) if kind in OURS else _source(sub, link_base, csv_dir)
         out.append(entry)
     table = pd.DataFrame(out)
     if (table["no synthesis budget"] == "").all():
@@ -122,7 +127,7 @@ def distill_table(frame: Any, link_base: Path, csv_dir: Path) -> Any:
     return table
 
 
-def prune_table(frame: Any, link_base: Path, csv_dir: Path) -> Any:
+def prune_table(frame: Any, notes: Notes) -> Any:
     """Method x budget rows, one column per pruning ratio: top-1 % after fine-tuning."""
     import pandas as pd
 
@@ -132,7 +137,7 @@ def prune_table(frame: Any, link_base: Path, csv_dir: Path) -> Any:
     ratios = sorted({float(r) for r in rows["config.ratio"].dropna()})
     out = []
     for (kind, method, budget), sub in rows.groupby(["kind", "method", rows["budget_label"].fillna("")], sort=False):
-        entry = {"Method": _label(sub.iloc[0]), "Budget": budget or "–"}
+        entry = {"Method": notes.method(sub), "Budget": budget or "–"}
         for ratio in ratios:
             at = sub[sub["config.ratio"].astype(float) == ratio]
             entry[f"ratio {ratio:g}"] = _fmt_runs([_pct(v) for v in at["top1"]])
@@ -140,7 +145,6 @@ def prune_table(frame: Any, link_base: Path, csv_dir: Path) -> Any:
                 before = _fmt_runs([_pct(v) for v in at["models.pruned.top1"]])
                 if before:
                     entry[f"ratio {ratio:g}"] += f" (before fine-tuning {before})"
-        entry["Config / log"] = _links(sub, link_base, csv_dir) if kind in OURS else _source(sub, link_base, csv_dir)
         out.append(entry)
     return pd.DataFrame(out)
 
@@ -171,7 +175,7 @@ def _first_set(row: Any, keys: str | tuple[str, ...]) -> Any:
 def cells_table(frame: Any, link_base: Path, csv_dir: Path) -> Any:
     import pandas as pd
 
-    rows = frame[frame["kind"].isin(["synthetic", "real"])]
+    rows = frame[frame["kind"].isin(CELL_KINDS)]
     out = []
     for _, r in rows.iterrows():
         entry = {}
@@ -193,111 +197,9 @@ def cells_table(frame: Any, link_base: Path, csv_dir: Path) -> Any:
                 entry[title] = "" if v is None or (isinstance(v, float) and v != v) else str(v)
         if r.get("status") != "ok" and isinstance(r.get("reason"), str) and r["reason"].strip():
             entry["status"] += f" ({r['reason']})"
-        entry["config / log"] = _links(pd.DataFrame([r]), link_base, csv_dir)
+        entry["config / log"] = _links(r, link_base, csv_dir)
         out.append(entry)
     return pd.DataFrame(out)
-
-
-# --- plots -----------------------------------------------------------------------------------------------
-
-
-def plot_distill(frame: Any, path: Path, title: str) -> Path | None:
-    """Horizontal bars: student top-1 per method, one bar per budget; the teacher as a dashed line."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = frame[(frame["status"] == "ok") & (_task_type(frame) == "distill")]
-    if rows.empty:
-        return None
-    teacher = frame[(frame["status"] == "ok") & (frame["kind"] == "teacher")]["top1"].dropna()
-    row_labels = rows.apply(_label, axis=1)
-    row_budgets = rows["budget_label"].fillna("").replace("", "no synthesis budget")
-    labels, budgets = list(dict.fromkeys(row_labels)), list(dict.fromkeys(row_budgets))
-    height = 0.8 / max(1, len(budgets))
-    fig, ax = plt.subplots(figsize=(8, 0.45 * len(labels) * max(1, len(budgets)) ** 0.5 + 1.5))
-    seeds_shown = False
-    for j, budget in enumerate(budgets):
-        ys, xs = [], []
-        for i, label in enumerate(labels):
-            sub = rows[(row_labels == label) & (row_budgets == budget)]
-            values = [p for p in (_pct(v) for v in sub["top1"]) if p is not None]
-            if not values:
-                continue
-            y = i + (j - (len(budgets) - 1) / 2) * height
-            ys.append(y)
-            xs.append(statistics.mean(values))
-            if len(values) > 1:  # several seeds: the bar is their mean, the dots the runs, the line +-1 std
-                ax.errorbar(xs[-1], y, xerr=statistics.stdev(values), fmt="none", ecolor="black", capsize=3,
-                            zorder=3)
-                ax.plot(values, [y] * len(values), "o", color="black", markersize=3, zorder=4,
-                        label=None if seeds_shown else "a seed's run (bar: mean, line: ±1 std)")
-                seeds_shown = True
-        ax.barh(ys, xs, height=height, label=budget)
-    for k, value in enumerate(teacher):
-        ax.axvline(100 * float(value), color="black", linestyle="--", linewidth=1, label=None if k else "teacher")
-    ax.set_yticks(range(len(labels)), [_wrap(label) for label in labels], fontsize=8)
-    ax.invert_yaxis()
-    ax.set_xlabel("student top-1 on real test images (%)")
-    ax.set_xlim(0, 100)
-    ax.grid(axis="x", alpha=0.3)
-    ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=8, loc="center right")
-    return _save(fig, path)
-
-
-def plot_prune(frame: Any, path: Path, title: str) -> Path | None:
-    """Top-1 after fine-tuning against the pruning ratio, one line per method (and budget); the teacher at 0."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = frame[(frame["status"] == "ok") & (_task_type(frame) == "prune")]
-    if rows.empty:
-        return None
-    teacher = frame[(frame["status"] == "ok") & (frame["kind"] == "teacher")]["top1"].dropna()
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    colours: dict[str, Any] = {}
-    styles: dict[str, str] = {}
-    for (method_label, budget), sub in rows.groupby([rows.apply(_label, axis=1), rows["budget_label"].fillna("")],
-                                                    sort=False):
-        points = sub.groupby(sub["config.ratio"].astype(float))["top1"].apply(
-            lambda s: sum(_pct(v) for v in s) / len(s)).sort_index()
-        x, y = list(points.index), list(points.values)
-        if not teacher.empty:
-            x, y = [0.0, *x], [100 * float(teacher.iloc[0]), *y]
-        # one colour per method, one line style per budget
-        colour = colours.setdefault(method_label, f"C{len(colours) % 10}")
-        style = styles.setdefault(budget, LINE_STYLES[len(styles) % len(LINE_STYLES)]) if budget else "-"
-        ax.plot(x, y, marker="o", color=colour, linestyle=style,
-                label=_wrap(f"{method_label}" + (f" [{budget}]" if budget else ""), 60))
-    ax.set_xlabel("pruning ratio (0 = unpruned teacher)")
-    ax.set_ylabel("top-1 after fine-tuning (%)")
-    ax.set_ylim(0, 100)
-    ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
-    ax.grid(alpha=0.3)
-    return _save(fig, path)
-
-
-LINE_STYLES = ("-", "--", ":", "-.")
-
-
-def _wrap(label: str, width: int = 45) -> str:
-    import textwrap
-
-    return "\n".join(textwrap.wrap(label, width)) or label
-
-
-def _save(fig: Any, path: Path) -> Path:
-    import matplotlib.pyplot as plt
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    return path
 
 
 # --- document --------------------------------------------------------------------------------------------
@@ -340,6 +242,8 @@ def render(csv_paths: list[Path], out_dir: Path) -> dict[str, Path]:
     """Write ``LEADERBOARD.md``, ``leaderboard.csv`` and ``plots/*.png`` into ``out_dir``; return what was written."""
     import pandas as pd
 
+    from .plots import plot_distill, plot_prune
+
     out_dir.mkdir(parents=True, exist_ok=True)
     written: dict[str, Path] = {}
     parts = ["# Leaderboard", "",
@@ -360,8 +264,8 @@ def render(csv_paths: list[Path], out_dir: Path) -> dict[str, Path]:
         csv_dir = csv_path.parent
         parts += [f"## {suite}", ""]
         hardware = _hardware(frame)
-        done = int((frame["kind"].isin(["synthetic", "real"]) & (frame["status"] == "ok")).sum())
-        total = int(frame["kind"].isin(["synthetic", "real"]).sum())
+        done = int((frame["kind"].isin(CELL_KINDS) & (frame["status"] == "ok")).sum())
+        total = int(frame["kind"].isin(CELL_KINDS).sum())
         suite_file, description, suite_notes = suite_texts(out_dir / "suites", suite)
         if suite_file is not None:
             rel = os.path.relpath(suite_file, out_dir)
@@ -370,17 +274,20 @@ def render(csv_paths: list[Path], out_dir: Path) -> dict[str, Path]:
                   f". Data: [`{os.path.relpath(csv_path, out_dir)}`]({os.path.relpath(csv_path, out_dir)}).", ""]
         if suite_notes:
             parts += [f"- {n}" for n in suite_notes] + [""]
-        table = distill_table(frame, out_dir, csv_dir)
+        notes = Notes(out_dir, csv_dir)
+        table = distill_table(frame, notes)
         if not table.empty:
-            parts += ["### Knowledge distillation: student top-1 (%)", "", table.to_markdown(index=False, disable_numparse=True), ""]
+            parts += ["### Knowledge distillation: student top-1 (%)", "", table.to_markdown(index=False, disable_numparse=True), "",
+                      *notes.markdown()]
             png = plot_distill(frame, out_dir / "plots" / f"{suite}-distill.png", f"{suite}: student top-1 per method")
             if png:
                 written[f"{suite}-distill"] = png
                 parts += [f"![student top-1 per method]({os.path.relpath(png, out_dir)})", ""]
-        table = prune_table(frame, out_dir, csv_dir)
+        notes = Notes(out_dir, csv_dir)
+        table = prune_table(frame, notes)
         if not table.empty:
             parts += ["### Pruning and fine-tuning: top-1 (%) against the pruning ratio", "",
-                      table.to_markdown(index=False, disable_numparse=True), ""]
+                      table.to_markdown(index=False, disable_numparse=True), "", *notes.markdown()]
             png = plot_prune(frame, out_dir / "plots" / f"{suite}-prune.png", f"{suite}: top-1 against pruning ratio")
             if png:
                 written[f"{suite}-prune"] = png
@@ -388,7 +295,7 @@ def render(csv_paths: list[Path], out_dir: Path) -> dict[str, Path]:
         table = cells_table(frame, out_dir, csv_dir)
         if not table.empty:
             parts += ["### Every cell", "", table.to_markdown(index=False, disable_numparse=True), ""]
-        notes = [n for n in dict.fromkeys(frame.loc[frame["kind"].isin(["synthetic", "real"]), "note"]) if n]
+        notes = [n for n in dict.fromkeys(frame.loc[frame["kind"].isin(CELL_KINDS), "note"]) if n]
         if notes:
             parts += ["Notes:", ""] + [f"- {n}" for n in notes] + [""]
     if not frames:

@@ -52,6 +52,7 @@ BUDGET_KEYS = {"label", "iterations", "equal_time", "calibration"}
 METHOD_META = {"label", "kind", "budgets", "tasks", "requires", "note", "real_images"}
 TASK_META = {"label", "reuse_synthetic_from"}
 PREREQ_KEYS = {"label", "command", "out", "requires"}
+TABLES = {"suite", "vars", "run", "models", "budgets", "methods", "tasks", "prerequisites"}
 _VAR = re.compile(r"\$\{([^}]*)\}")
 
 
@@ -135,7 +136,7 @@ class Suite:
 
     @property
     def results_dir(self) -> Path:
-        return self.root / "benchmarks" / "results" / self.name
+        return self.root / results_path(self.name)
 
     def cell(self, cell_id: str) -> Cell:
         for c in self.cells:
@@ -175,6 +176,11 @@ class Suite:
                 if not (self.root / req).exists():
                     return f"prerequisite {prereq_id} needs {req}, which is absent"
         return None
+
+
+def results_path(name: str) -> str:
+    """The results directory of suite ``name``, relative to the repository root."""
+    return f"benchmarks/results/{name}"
 
 
 def _match(cell_id: str, pattern: str) -> bool:
@@ -364,41 +370,153 @@ def _extend(data: dict, path: Path) -> dict:
 def load_suite(path: str | Path, *, overrides: dict[str, str] | None = None, root: str | Path | None = None) -> Suite:
     """Parse and check a suite file; ``overrides`` replace [vars] values (``--set NAME=VALUE``)."""
     path = Path(path)
+    data = _extend(_read(path), path)
+    _check_keys(data, TABLES, str(path))
+    head, name, seeds = _suite_table(data, path)
+    results_rel = results_path(name)
+    values, unresolved = _vars(_table(data, "vars", path), dict(overrides or {}), path)
+    prereq_outs = _prerequisite_outs(data, results_rel, path)
+    ex = _Expander(values, unresolved, {"results": results_rel}, prereq_outs)
+    budgets = _budgets(data, path)
+    tasks = _tasks(data, ex, path)
+    methods = _methods(data, budgets, tasks, ex, path)
+    _check_budgets(budgets, _table(data, "methods", path), path)
+    models = _models(data, ex, path)
+    labels: dict[str, dict[str, str]] = {
+        "methods": {m.id: m.label for m in methods.values()},
+        "tasks": {t.id: t.label for t in tasks.values()},
+        "budgets": {k: b.label for k, b in budgets.items()},
+        "models": {m.id: m.label for m in models if m.id},
+    }
+    base = _part(ex, _table(data, "run", path), set(), f"{path}: [run]")
+    notes = head.get("notes", [])
+    return Suite(
+        name=name, path=path, root=Path(root) if root is not None else find_root(path),
+        description=str(head.get("description", "")), seeds=list(seeds),
+        notes=[str(n) for n in ([notes] if isinstance(notes, str) else notes)],
+        requires=_suite_requires(head, ex, path), vars=values, budgets=budgets,
+        prerequisites=_prerequisites(data, prereq_outs, ex, path),
+        cells=_cells(name, path, base, models, budgets, methods, tasks, seeds),
+        teacher_rows=[(m.id, m.label, model.id) for m in methods.values() if m.kind == "teacher" for model in models],
+        reference=_reference(head, budgets, path), published=_published(head, path), labels=labels,
+    )
+
+
+def _read(path: Path) -> dict:
     if not path.is_file():
         raise SuiteError(f"suite file {path} does not exist")
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        return tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise SuiteError(f"suite file {path} is not valid TOML: {exc}") from None
-    data = _extend(data, path)
-    _check_keys(data, {"suite", "vars", "run", "models", "budgets", "methods", "tasks", "prerequisites"}, str(path))
+
+
+@dataclass
+class _Part:
+    """A table's RunConfig values after variable expansion, with the unset variables it uses, the
+    prerequisites it names and the paths it requires."""
+
+    config: dict = field(default_factory=dict)
+    missing: list[str] = field(default_factory=list)
+    prereqs: list[str] = field(default_factory=list)
+    requires: list[str] = field(default_factory=list)
+
+
+def _part(ex: _Expander, table: dict, meta: set[str], where: str) -> _Part:
+    part = _Part()
+    expanded = ex.expand(table, where, part.missing, part.prereqs)
+    part.config = _run_part(expanded, meta, where)
+    part.requires = [str(r) for r in expanded.get("requires", [])]
+    return part
+
+
+@dataclass
+class _Method:
+    id: str
+    label: str
+    kind: str
+    part: _Part
+    budgets: list[str]
+    tasks: list[str]
+    note: str = ""
+    real_images: int = 0
+
+
+@dataclass
+class _Task:
+    id: str
+    label: str
+    part: _Part
+    reuse: str | None  # the task whose synthetic images this one reuses
+
+
+@dataclass
+class _Model:
+    id: str | None  # None: the suite has no [models]
+    label: str
+    part: _Part
+
+
+# --- one parser per table --------------------------------------------------------------------------------
+
+
+def _suite_table(data: dict, path: Path) -> tuple[dict, str, list[int]]:
+    """[suite]: the table, the suite's name and its seeds."""
     head = _table(data, "suite", path)
     _check_keys(head, SUITE_KEYS, f"{path}: [suite]")
     name = str(head.get("name", path.stem))
     _id_ok("suite", name, path)
-    root = Path(root) if root is not None else find_root(path)
-    results_rel = f"benchmarks/results/{name}"
     seeds = head.get("seeds", [0])
     if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
         raise SuiteError(f"{path}: [suite] seeds must be a non-empty list of integers")
-    values, unresolved = _vars(_table(data, "vars", path), dict(overrides or {}), path)
+    return head, name, seeds
 
-    prereq_tables = _table(data, "prerequisites", path)
-    prereq_outs = {}
-    for key, table in prereq_tables.items():
+
+def _suite_requires(head: dict, ex: _Expander, path: Path) -> list[str]:
+    missing: list[str] = []
+    requires = ex.expand(list(head.get("requires", [])), f"{path}: [suite] requires", missing, [])
+    if missing:
+        raise SuiteError(f"{path}: [suite] requires cannot use unset variables")
+    return [str(r) for r in requires]
+
+
+def _reference(head: dict, budgets: dict[str, Budget], path: Path) -> dict | None:
+    """[suite] reference: where the reference-code rows come from."""
+    reference = head.get("reference")
+    if reference is None:
+        return None
+    if not isinstance(reference, dict) or set(reference) - {"file", "setting", "budget"} or "file" not in reference:
+        raise SuiteError(f"{path}: [suite] reference must be {{file = \"...\", setting = \"ID\", budget = \"ID\"}}")
+    if reference.get("budget") and reference["budget"] not in budgets:
+        raise SuiteError(f"{path}: [suite] reference.budget {reference['budget']!r} is not a budget")
+    return reference
+
+
+def _published(head: dict, path: Path) -> dict:
+    """[suite.published]: numbers printed in papers."""
+    published = head.get("published", {})
+    if not isinstance(published, dict):
+        raise SuiteError(f"{path}: [suite] published must be a table")
+    for key, row in published.items():
+        if key != "source" and (not isinstance(row, dict) or "top1" not in row):
+            raise SuiteError(f"{path}: [suite.published.{key}] needs top1 (a fraction) and task")
+    return published
+
+
+def _prerequisite_outs(data: dict, results_rel: str, path: Path) -> dict[str, str]:
+    """[prerequisites.ID]: the output path of each (what ``${prereq:ID}`` stands for)."""
+    outs = {}
+    for key, table in _table(data, "prerequisites", path).items():
         _id_ok("prerequisite", key, path)
         if not isinstance(table, dict) or "command" not in table or "out" not in table:
             raise SuiteError(f"{path}: [prerequisites.{key}] needs command = [...] and out = \"NAME\"")
-        prereq_outs[key] = f"{results_rel}/_prereq/{table['out']}"
-    ex = _Expander(values, unresolved, {"results": results_rel}, prereq_outs)
+        outs[key] = f"{results_rel}/_prereq/{table['out']}"
+    return outs
 
-    suite_missing: list[str] = []
-    requires = ex.expand(list(head.get("requires", [])), f"{path}: [suite] requires", suite_missing, [])
-    if suite_missing:
-        raise SuiteError(f"{path}: [suite] requires cannot use unset variables")
 
+def _prerequisites(data: dict, outs: dict[str, str], ex: _Expander, path: Path) -> dict[str, Prerequisite]:
     prerequisites: dict[str, Prerequisite] = {}
-    for key, table in prereq_tables.items():
+    for key, table in _table(data, "prerequisites", path).items():
         where = f"{path}: [prerequisites.{key}]"
         _check_keys(table, PREREQ_KEYS, where)
         command = table["command"]
@@ -406,41 +524,34 @@ def load_suite(path: str | Path, *, overrides: dict[str, str] | None = None, roo
             raise SuiteError(f"{where}: command must be a list of arguments of a dfcompress command")
         missing: list[str] = []
         nested: list[str] = []
-        out = prereq_outs[key]
-        args = [str(a) for a in ex.expand([str(a) for a in command], where, missing, nested, {"out": out})]
+        args = [str(a) for a in ex.expand([str(a) for a in command], where, missing, nested, {"out": outs[key]})]
         if nested:
             raise SuiteError(f"{where}: a prerequisite cannot use another prerequisite's output")
         reqs = ex.expand(list(table.get("requires", [])), where, missing, nested)
-        prerequisites[key] = Prerequisite(key, str(table.get("label", key)), args, out, reqs, missing)
+        prerequisites[key] = Prerequisite(key, str(table.get("label", key)), args, outs[key], reqs, missing)
+    return prerequisites
 
-    base_missing: list[str] = []
-    base_prereqs: list[str] = []
-    base = _run_part(ex.expand(_table(data, "run", path), f"{path}: [run]", base_missing, base_prereqs), set(),
-                     f"{path}: [run]")
 
-    models_raw = _table(data, "models", path)
-    models: list[tuple[str | None, dict, dict]] = []
-    for key, table in models_raw.items():
+def _models(data: dict, ex: _Expander, path: Path) -> list[_Model]:
+    """[models.ID]: the teacher/student pairs; one pair-less model when there are none."""
+    models = []
+    for key, table in _table(data, "models", path).items():
         _id_ok("model", key, path)
-        models.append((key, table, {}))
-    if not models:
-        models = [(None, {}, {})]
+        label = str(table.get("label", key)) if isinstance(table, dict) else key
+        models.append(_Model(key, label, _part(ex, table, MODEL_META, f"{path}: [models.{key}]")))
+    return models or [_Model(None, "", _Part())]
 
+
+def _budgets(data: dict, path: Path) -> dict[str, Budget]:
     budgets = {}
     for key, table in _table(data, "budgets", path).items():
         _id_ok("budget", key, path)
         budgets[key] = _budget(key, table, path)
+    return budgets
 
-    methods = _table(data, "methods", path)
-    tasks = _table(data, "tasks", path)
-    if not methods:
-        raise SuiteError(f"{path}: no [methods.*] tables")
-    if not tasks:
-        raise SuiteError(f"{path}: no [tasks.*] tables")
-    for key in methods:
-        _id_ok("method", key, path)
-    for key in tasks:
-        _id_ok("task", key, path)
+
+def _check_budgets(budgets: dict[str, Budget], methods: dict, path: Path) -> None:
+    """The methods and budgets that budgets name exist, and an equal-time reference runs in its budget."""
     for b in budgets.values():
         if b.equal_time and b.equal_time[0] not in methods:
             raise SuiteError(f"{path}: [budgets.{b.id}] equal_time.method {b.equal_time[0]!r} is not a method")
@@ -448,136 +559,116 @@ def load_suite(path: str | Path, *, overrides: dict[str, str] | None = None, roo
             raise SuiteError(f"{path}: [budgets.{b.id}] calibration.from_budget {b.calibrate_from!r} is not a budget")
         if b.calibrate_from and budgets[b.calibrate_from].iterations is None:
             raise SuiteError(f"{path}: [budgets.{b.id}] calibration.from_budget must be an iterations budget")
+        if b.equal_time:
+            ref = methods[b.equal_time[0]]
+            if b.id not in (ref.get("budgets", list(budgets)) if isinstance(ref, dict) else []):
+                raise SuiteError(f"{path}: [budgets.{b.id}] equal_time.method {b.equal_time[0]!r} must itself run "
+                                 f"in this budget")
 
-    labels: dict[str, dict[str, str]] = {
-        "methods": {k: str(v.get("label", k)) for k, v in methods.items() if isinstance(v, dict)},
-        "tasks": {k: str(v.get("label", k)) for k, v in tasks.items() if isinstance(v, dict)},
-        "budgets": {k: b.label for k, b in budgets.items()},
-        "models": {k: str(t.get("label", k)) for k, t, _ in models if k},
-    }
 
-    cells: list[Cell] = []
-    teacher_rows: list[tuple[str, str, str | None]] = []
-    # run order: budget-free cells first, then budget by budget (in file order); tasks in file order, so a
-    # task reusing another's synthetic images comes after it
-    budget_order: list[str | None] = [None, *budgets]
-    pending: list[Cell] = []
-    for method_id, mtable in methods.items():
-        where = f"{path}: [methods.{method_id}]"
-        if not isinstance(mtable, dict):
+def _tasks(data: dict, ex: _Expander, path: Path) -> dict[str, _Task]:
+    raw = _table(data, "tasks", path)
+    if not raw:
+        raise SuiteError(f"{path}: no [tasks.*] tables")
+    order = list(raw)
+    tasks = {}
+    for key, table in raw.items():
+        _id_ok("task", key, path)
+        where = f"{path}: [tasks.{key}]"
+        if not isinstance(table, dict):
             raise SuiteError(f"{where} must be a table")
-        kind = mtable.get("kind", "synthetic")
-        if kind not in KINDS:
-            raise SuiteError(f"{where}: kind must be one of {', '.join(KINDS)}")
-        label = labels["methods"][method_id]
-        if kind == "teacher":
-            _check_keys(mtable, {"label", "kind", "note"}, where)
-            for model_id, _, _ in models:
-                teacher_rows.append((method_id, label, model_id))
-            continue
-        mmissing: list[str] = []
-        mprereqs: list[str] = []
-        mexp = ex.expand(mtable, where, mmissing, mprereqs)
-        mpart = _run_part(mexp, METHOD_META, where)
-        if kind == "real" and "synthetic" not in mpart:
-            raise SuiteError(f"{where}: a real-images method needs synthetic = \"${{prereq:ID}}\" (a data import)")
-        if kind == "synthetic" and "synthetic" in mpart:
-            raise SuiteError(f"{where}: synthetic = ... belongs to kind = \"real\" methods")
-        method_budgets = mtable.get("budgets", [] if kind in UNBUDGETED_KINDS else list(budgets))
-        if not isinstance(method_budgets, list) or any(b not in budgets for b in method_budgets):
-            raise SuiteError(f"{where}: budgets must list ids of [budgets.*] tables; known: {', '.join(budgets)}")
-        if kind == "real" and method_budgets:
-            raise SuiteError(f"{where}: real images have no synthesis budget; drop budgets")
-        method_tasks = mtable.get("tasks", list(tasks))
-        if not isinstance(method_tasks, list) or any(t not in tasks for t in method_tasks):
-            raise SuiteError(f"{where}: tasks must list ids of [tasks.*] tables; known: {', '.join(tasks)}")
-        mreq = [str(r) for r in mexp.get("requires", [])]
-        real_images = mtable.get("real_images", 0)
-        if not isinstance(real_images, int) or real_images < 0:
-            raise SuiteError(f"{where}: real_images must be a non-negative integer (real images the method uses)")
-        for task_id in method_tasks:
-            ttable = tasks[task_id]
-            twhere = f"{path}: [tasks.{task_id}]"
-            if not isinstance(ttable, dict):
-                raise SuiteError(f"{twhere} must be a table")
-            tmissing: list[str] = []
-            tprereqs: list[str] = []
-            texp = ex.expand(ttable, twhere, tmissing, tprereqs)
-            tpart = _run_part(texp, TASK_META, twhere)
-            reuse = ttable.get("reuse_synthetic_from")
-            if reuse is not None and (reuse not in tasks or reuse == task_id):
-                raise SuiteError(f"{twhere}: reuse_synthetic_from must name another task")
-            if reuse is not None and list(tasks).index(reuse) > list(tasks).index(task_id):
-                raise SuiteError(f"{twhere}: reuse_synthetic_from {reuse!r} must come before {task_id!r} in the file")
-            for model_id, model_table, _ in models:
-                mowhere = f"{path}: [models.{model_id}]"
-                momissing: list[str] = []
-                moprereqs: list[str] = []
-                moexp = ex.expand(model_table, mowhere, momissing, moprereqs)
-                mopart = _run_part(moexp, MODEL_META, mowhere)
-                moreq = [str(r) for r in moexp.get("requires", [])]
-                for budget_id in (method_budgets or [None]):
-                    for seed in seeds:
-                        config = merge(base, mopart, mpart, tpart, {"seed": seed})
-                        parts = [method_id, task_id]
-                        if budget_id:
-                            parts.append(budget_id)
-                        if model_id:
-                            parts.append(model_id)
-                        parts.append(f"s{seed}")
-                        cell_id = "--".join(parts)
-                        depends = None
-                        if reuse is not None and kind == "synthetic":
-                            if reuse not in method_tasks:
-                                raise SuiteError(f"{where}: task {task_id} reuses the images of task {reuse}, "
-                                                 f"which this method does not run; add it to tasks")
-                            dep_parts = [method_id, reuse, *parts[2:]]
-                            depends = "--".join(dep_parts)
-                            config["synthetic"] = f"{results_rel}/{depends}/synthetic"
-                        missing = list(dict.fromkeys(base_missing + mmissing + tmissing + momissing))
-                        cell = Cell(
-                            id=cell_id, suite=name, method=method_id, method_label=label, kind=kind, task=task_id,
-                            task_label=labels["tasks"][task_id], budget=budgets[budget_id] if budget_id else None,
-                            model=model_id, seed=seed, config=config, depends_on=depends,
-                            prerequisites=list(dict.fromkeys(base_prereqs + mprereqs + tprereqs + moprereqs)),
-                            requires=mreq + moreq, missing=missing, note=str(mtable.get("note", "")),
-                            real_images=real_images,
-                        )
-                        pending.append(cell)
-    order = {b: i for i, b in enumerate(budget_order)}
+        reuse = table.get("reuse_synthetic_from")
+        if reuse is not None and (reuse not in raw or reuse == key):
+            raise SuiteError(f"{where}: reuse_synthetic_from must name another task")
+        if reuse is not None and order.index(reuse) > order.index(key):
+            raise SuiteError(f"{where}: reuse_synthetic_from {reuse!r} must come before {key!r} in the file")
+        tasks[key] = _Task(key, str(table.get("label", key)), _part(ex, table, TASK_META, where), reuse)
+    return tasks
+
+
+def _methods(data: dict, budgets: dict[str, Budget], tasks: dict[str, _Task], ex: _Expander,
+             path: Path) -> dict[str, _Method]:
+    raw = _table(data, "methods", path)
+    if not raw:
+        raise SuiteError(f"{path}: no [methods.*] tables")
+    for key in raw:
+        _id_ok("method", key, path)
+    return {key: _method(key, table, budgets, tasks, ex, f"{path}: [methods.{key}]") for key, table in raw.items()}
+
+
+def _method(key: str, table: Any, budgets: dict[str, Budget], tasks: dict[str, _Task], ex: _Expander,
+            where: str) -> _Method:
+    if not isinstance(table, dict):
+        raise SuiteError(f"{where} must be a table")
+    kind = table.get("kind", "synthetic")
+    if kind not in KINDS:
+        raise SuiteError(f"{where}: kind must be one of {', '.join(KINDS)}")
+    label = str(table.get("label", key))
+    if kind == "teacher":
+        _check_keys(table, {"label", "kind", "note"}, where)
+        return _Method(key, label, kind, _Part(), [], [])
+    part = _part(ex, table, METHOD_META, where)
+    if kind == "real" and "synthetic" not in part.config:
+        raise SuiteError(f"{where}: a real-images method needs synthetic = \"${{prereq:ID}}\" (a data import)")
+    if kind == "synthetic" and "synthetic" in part.config:
+        raise SuiteError(f"{where}: synthetic = ... belongs to kind = \"real\" methods")
+    method_budgets = table.get("budgets", [] if kind in UNBUDGETED_KINDS else list(budgets))
+    if not isinstance(method_budgets, list) or any(b not in budgets for b in method_budgets):
+        raise SuiteError(f"{where}: budgets must list ids of [budgets.*] tables; known: {', '.join(budgets)}")
+    if kind == "real" and method_budgets:
+        raise SuiteError(f"{where}: real images have no synthesis budget; drop budgets")
+    method_tasks = table.get("tasks", list(tasks))
+    if not isinstance(method_tasks, list) or any(t not in tasks for t in method_tasks):
+        raise SuiteError(f"{where}: tasks must list ids of [tasks.*] tables; known: {', '.join(tasks)}")
+    real_images = table.get("real_images", 0)
+    if not isinstance(real_images, int) or real_images < 0:
+        raise SuiteError(f"{where}: real_images must be a non-negative integer (real images the method uses)")
+    for task_id in method_tasks:
+        reuse = tasks[task_id].reuse
+        if reuse is not None and kind == "synthetic" and reuse not in method_tasks:
+            raise SuiteError(f"{where}: task {task_id} reuses the images of task {reuse}, "
+                             f"which this method does not run; add it to tasks")
+    return _Method(key, label, kind, part, method_budgets, method_tasks, str(table.get("note", "")), real_images)
+
+
+# --- cells -----------------------------------------------------------------------------------------------
+
+
+def _cells(name: str, path: Path, base: _Part, models: list[_Model], budgets: dict[str, Budget],
+           methods: dict[str, _Method], tasks: dict[str, _Task], seeds: list[int]) -> list[Cell]:
+    """Every method x task x model x budget x seed, in run order: budget-free cells first, then budget by budget
+    (in file order); tasks in file order, so a task reusing another's synthetic images comes after it."""
+    cells = [_cell(name, results_path(name), base, method, tasks[task_id], model, budgets.get(budget_id), seed)
+             for method in methods.values() if method.kind != "teacher"
+             for task_id in method.tasks
+             for model in models
+             for budget_id in (method.budgets or [None])
+             for seed in seeds]
+    order = {b: i for i, b in enumerate([None, *budgets])}
     task_order = {t: i for i, t in enumerate(tasks)}
     method_order = {m: i for i, m in enumerate(methods)}
-    cells = sorted(pending, key=lambda c: (order[c.budget.id if c.budget else None], task_order[c.task],
-                                           method_order[c.method], c.model or "", c.seed))
+    cells.sort(key=lambda c: (order[c.budget.id if c.budget else None], task_order[c.task], method_order[c.method],
+                              c.model or "", c.seed))
     ids = [c.id for c in cells]
     if len(set(ids)) != len(ids):
         raise SuiteError(f"{path}: duplicate cell ids")
-    for b in budgets.values():
-        if b.equal_time:
-            ref = b.equal_time[0]
-            if b.id not in (methods[ref].get("budgets", list(budgets)) if isinstance(methods[ref], dict) else []):
-                raise SuiteError(f"{path}: [budgets.{b.id}] equal_time.method {ref!r} must itself run in this budget")
+    return cells
 
-    reference = head.get("reference")
-    if reference is not None:
-        if not isinstance(reference, dict) or set(reference) - {"file", "setting", "budget"} or "file" not in reference:
-            raise SuiteError(f"{path}: [suite] reference must be {{file = \"...\", setting = \"ID\", budget = \"ID\"}}")
-        if reference.get("budget") and reference["budget"] not in budgets:
-            raise SuiteError(f"{path}: [suite] reference.budget {reference['budget']!r} is not a budget")
-    published = head.get("published", {})
-    if not isinstance(published, dict):
-        raise SuiteError(f"{path}: [suite] published must be a table")
-    for key, row in published.items():
-        if key == "source":
-            continue
-        if not isinstance(row, dict) or "top1" not in row:
-            raise SuiteError(f"{path}: [suite.published.{key}] needs top1 (a fraction) and task")
-    notes = head.get("notes", [])
-    if isinstance(notes, str):
-        notes = [notes]
-    return Suite(
-        name=name, path=path, root=root, description=str(head.get("description", "")), seeds=list(seeds),
-        notes=[str(n) for n in notes], requires=[str(r) for r in requires], vars=values, budgets=budgets,
-        prerequisites=prerequisites, cells=cells, teacher_rows=teacher_rows, reference=reference,
-        published=published, labels=labels,
+
+def _cell(suite: str, results_rel: str, base: _Part, method: _Method, task: _Task, model: _Model,
+          budget: Budget | None, seed: int) -> Cell:
+    config = merge(base.config, model.part.config, method.part.config, task.part.config, {"seed": seed})
+    parts = [method.id, task.id, *([budget.id] if budget else []), *([model.id] if model.id else []), f"s{seed}"]
+    depends = None
+    if task.reuse is not None and method.kind == "synthetic":
+        depends = "--".join([method.id, task.reuse, *parts[2:]])
+        config["synthetic"] = f"{results_rel}/{depends}/synthetic"
+    layers = (base, method.part, task.part, model.part)
+    return Cell(
+        id="--".join(parts), suite=suite, method=method.id, method_label=method.label, kind=method.kind,
+        task=task.id, task_label=task.label, budget=budget, model=model.id, seed=seed, config=config,
+        depends_on=depends, prerequisites=list(dict.fromkeys(p for layer in layers for p in layer.prereqs)),
+        requires=method.part.requires + model.part.requires,
+        missing=list(dict.fromkeys(m for layer in layers for m in layer.missing)), note=method.note,
+        real_images=method.real_images,
     )

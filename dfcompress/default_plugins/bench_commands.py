@@ -32,7 +32,8 @@ def bench(suite_file, dry_run, only, assignments, results) -> None:
 
     Finished cells (metrics.json) are skipped and interrupted ones resumed, so re-running the same command
     finishes the suite."""
-    from dfcompress.bench.runner import Runner, shell_line
+    from dfcompress.bench.launch import shell_line
+    from dfcompress.bench.runner import Runner
     from dfcompress.bench.suite import load_suite
     from dfcompress.errors import ConfigError
 

@@ -11,3 +11,5 @@ def register_synthesizers(register):
              summary="NaturalInversion: one-to-one generator + Feature Transfer Pyramid + Adaptive Channel Scaling")
     register("dfcompress.synth.seeded:SeededInversion", name="seeded",
              summary="Seed-conditional inversion: class-conditional feature statistics from seed images")
+    register("dfcompress.synth.fast:FastSynthesizer", name="fast",
+             summary="Fast: a meta-learned generator that synthesizes while the student trains (online)")

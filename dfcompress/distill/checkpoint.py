@@ -6,16 +6,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
 
 from ..errors import ConfigError, WeightsError
 from ..io import atomic_write
-
-if TYPE_CHECKING:
-    from .kd import _Epoch
+from .sums import StepSums
 
 FORMAT = "dfcompress-train-checkpoint"
 VERSION = 1
@@ -32,12 +30,8 @@ class RestoredState:
     perm: torch.Tensor | None
     sums: list[float]
 
-    def sums_on(self, device: torch.device) -> _Epoch:
-        from .kd import _Epoch
-
-        loss, kd, ce, images, steps = self.sums
-        return _Epoch(*(torch.tensor(v, device=device, dtype=torch.float64) for v in (loss, kd, ce)),
-                      images=int(images), steps=int(steps))
+    def sums_on(self, device: torch.device) -> StepSums:
+        return StepSums.from_list(self.sums, device)
 
 
 class TrainingCheckpoint:
@@ -49,7 +43,7 @@ class TrainingCheckpoint:
 
     def save(self, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, scaler: Any, *,
              epoch: int, step: int, generator: torch.Generator | None, perm: torch.Tensor | None,
-             sums: _Epoch | None, history: list[float]) -> None:
+             sums: StepSums | None, history: list[float]) -> None:
         payload = {
             "format": FORMAT,
             "version": VERSION,
@@ -59,7 +53,7 @@ class TrainingCheckpoint:
             "history": list(history),
             "generator": generator.get_state() if generator is not None else None,
             "perm": perm,
-            "sums": [float(sums.loss), float(sums.kd), float(sums.ce), sums.images, sums.steps] if sums else [],
+            "sums": sums.to_list() if sums else [],
             "model": model.state_dict(),
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),

@@ -27,6 +27,7 @@ from ..errors import ConfigError, DataError, Interrupted
 from ..metrics.features import model_device
 from .augment import random_crop_flip
 from .checkpoint import TrainingCheckpoint
+from .sums import StepSums
 
 logger = logging.getLogger(__name__)
 
@@ -62,37 +63,22 @@ class KDOptions:
                 "(the normalisation mean: zero padding after normalisation)", "choices": CROP_FILLS})
 
 
-@dataclass
-class _Epoch:
-    """Sums over the steps of one epoch, kept on the device (no host sync per step)."""
-
-    loss: torch.Tensor
-    kd: torch.Tensor
-    ce: torch.Tensor
-    images: int = 0
-    steps: int = 0
-
-    @classmethod
-    def zeros(cls, device: torch.device) -> _Epoch:
-        return cls(*(torch.zeros((), device=device, dtype=torch.float64) for _ in range(3)))
-
-    def means(self) -> dict[str, float]:
-        steps = max(1, self.steps)
-        return {"loss": float(self.loss) / steps, "kd_loss": float(self.kd) / steps, "ce_loss": float(self.ce) / steps}
-
-
 class KnowledgeDistillation(Distiller):
     name = "kd"
     summary = "Hinton knowledge distillation (KL at temperature T, optional hard-label term)"
     paper = "arXiv:1503.02531"
     Config = KDOptions
+    can_train_online = True
 
     def _check(self, images: torch.Tensor, labels: torch.Tensor) -> None:
-        cfg = self.config
         if images.dtype != torch.uint8 or images.dim() != 4 or len(images) < 2:
             raise DataError(f"kd needs at least 2 uint8 N x C x H x W images, got {images.dtype} {tuple(images.shape)}")
         if len(labels) != len(images):
             raise DataError(f"kd: {len(images)} images but {len(labels)} labels")
+        self._check_options()
+
+    def _check_options(self) -> None:
+        cfg = self.config
         problems = [
             (cfg.temperature > 0, "temperature must be > 0"),
             (0.0 <= cfg.hard_weight <= 1.0, "hard_weight must be in [0, 1]"),
@@ -110,6 +96,42 @@ class KnowledgeDistillation(Distiller):
         """The generator of one epoch (shuffling and augmentation), derived from the run seed and the epoch."""
         return self.ctx.generator((self.ctx.seed * 1_000_003 + 7919 * (epoch + 1)) % (2**63))
 
+    def train_step(self, student: nn.Module, teacher: Teacher, optimizer: torch.optim.Optimizer, scaler: Any,
+                   images: torch.Tensor, labels: torch.Tensor, idx: torch.Tensor, generator: torch.Generator
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One SGD step on ``images[idx]`` (uint8, any device; ``labels`` on the run's device): augment,
+        teacher and student forward, KD (+ CE) loss, backward, step. Returns the detached (loss, kd, ce)."""
+        cfg, ctx, spec = self.config, self.ctx, teacher.input
+        device = ctx.device
+        pixels = images[idx].to(device, non_blocking=True).float().div_(255)
+        if cfg.augment:
+            pixels = random_crop_flip(pixels, padding=cfg.crop_padding, flip=True, generator=generator,
+                                      fill=spec.mean if cfg.crop_fill == "mean" else None)
+        x = spec.normalize(pixels)
+        target = labels[idx.to(device)]
+        with torch.no_grad(), ctx.autocast():
+            teacher_logits = teacher.model(x.to(model_device(teacher.model))).to(device)
+        with ctx.autocast():
+            student_logits = student(x)
+        kd = kd_loss(student_logits, teacher_logits, cfg.temperature)
+        ce = F.cross_entropy(student_logits.float(), target)
+        loss = (1.0 - cfg.hard_weight) * kd + cfg.hard_weight * ce
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        return loss.detach(), kd.detach(), ce.detach()
+
+    def make_optimizer(self, student: nn.Module) -> torch.optim.Optimizer:
+        trainable = [p for p in student.parameters() if p.requires_grad]
+        if not trainable:
+            raise ConfigError("kd: the student has no trainable parameters (requires_grad is False everywhere)")
+        cfg = self.config
+        return torch.optim.SGD(trainable, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+    def online_trainer(self, student: nn.Module, teacher: Teacher) -> OnlineKD:
+        return OnlineKD(self, student, teacher)
+
     def fit(self, student: nn.Module, teacher: Teacher, images: torch.Tensor, labels: torch.Tensor, *,
             checkpoint: Any = None) -> dict[str, float]:
         """Train ``student`` in place on uint8 ``images``; see the module docstring for the loss.
@@ -123,10 +145,7 @@ class KnowledgeDistillation(Distiller):
         device = ctx.device
         student.to(device)
         was_training = student.training
-        trainable = [p for p in student.parameters() if p.requires_grad]
-        if not trainable:
-            raise ConfigError("kd: the student has no trainable parameters (requires_grad is False everywhere)")
-        optimizer = torch.optim.SGD(trainable, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        optimizer = self.make_optimizer(student)
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
         scaler = ctx.grad_scaler()
         n = len(images)
@@ -137,11 +156,9 @@ class KnowledgeDistillation(Distiller):
         state = store.restore(student, optimizer, scheduler, scaler) if store is not None else None
         epoch, step = (state.epoch, state.step) if state else (0, 0)
         history: list[float] = list(state.history) if state else []
-        teacher_device = model_device(teacher.model)
-        spec = teacher.input
         labels_dev = labels.to(device).long()
         start, seen, global_step = time.perf_counter(), 0, epoch * num_steps + step
-        sums = state.sums_on(device) if state and step else _Epoch.zeros(device)
+        sums = state.sums_on(device) if state and step else StepSums.zeros(device)
         if state and epoch < cfg.epochs:
             logger.info("kd: resuming from %s at epoch %d step %d", checkpoint, epoch + 1, step)
 
@@ -161,28 +178,9 @@ class KnowledgeDistillation(Distiller):
                         self._interrupt(store, student, optimizer, scheduler, scaler, epoch, step, num_steps,
                                         generator, perm, sums, history)
                     idx = perm[step * cfg.batch_size:(step + 1) * cfg.batch_size]
-                    pixels = images[idx].to(device, non_blocking=True).float().div_(255)
-                    if cfg.augment:
-                        pixels = random_crop_flip(pixels, padding=cfg.crop_padding, flip=True, generator=generator,
-                                                  fill=spec.mean if cfg.crop_fill == "mean" else None)
-                    x = spec.normalize(pixels)
-                    target = labels_dev[idx.to(device)]
-                    with torch.no_grad(), ctx.autocast():
-                        teacher_logits = teacher.model(x.to(teacher_device)).to(device)
-                    with ctx.autocast():
-                        student_logits = student(x)
-                    kd = kd_loss(student_logits, teacher_logits, cfg.temperature)
-                    ce = F.cross_entropy(student_logits.float(), target)
-                    loss = (1.0 - cfg.hard_weight) * kd + cfg.hard_weight * ce
-                    optimizer.zero_grad(set_to_none=True)
-                    scaler.scale(loss).backward()
-                    scaler.step(optimizer)
-                    scaler.update()
-                    sums.loss += loss.detach()
-                    sums.kd += kd.detach()
-                    sums.ce += ce.detach()
-                    sums.images += len(idx)
-                    sums.steps += 1
+                    loss, kd, ce = self.train_step(student, teacher, optimizer, scaler, images, labels_dev, idx,
+                                                   generator)
+                    sums.add(loss, kd, ce, len(idx))
                     seen += len(idx)
                     global_step += 1
                     if global_step % ctx.log_every == 0:
@@ -196,7 +194,7 @@ class KnowledgeDistillation(Distiller):
                 history.append(means["loss"])
                 scheduler.step()
                 epoch, step = epoch + 1, 0
-                sums = _Epoch.zeros(device)
+                sums = StepSums.zeros(device)
                 logger.info("kd epoch %d/%d: loss %.4f (kd %.4f, ce %.4f)", epoch, cfg.epochs, means["loss"],
                             means["kd_loss"], means["ce_loss"])
                 if store is not None:
@@ -216,10 +214,76 @@ class KnowledgeDistillation(Distiller):
 
     def _interrupt(self, store: TrainingCheckpoint | None, student: nn.Module, optimizer: torch.optim.Optimizer,
                    scheduler: Any, scaler: Any, epoch: int, step: int, num_steps: int, generator: torch.Generator,
-                   perm: torch.Tensor, sums: _Epoch, history: list[float]) -> None:
+                   perm: torch.Tensor, sums: StepSums, history: list[float]) -> None:
         where = f"distillation interrupted at epoch {epoch + 1} of {self.config.epochs} (step {step} of {num_steps})"
         if store is None:
             raise Interrupted(where, resume_hint="no checkpoint path was given, so training restarts from scratch")
         store.save(student, optimizer, scheduler, scaler, epoch=epoch, step=step, generator=generator, perm=perm,
                    sums=sums, history=history)
         raise Interrupted(where, resume_hint=f"run the same command again to resume from {os.fspath(store.path)}")
+
+
+class OnlineKD:
+    """KD steps over a pool that grows between calls (the online schedule and time budgets).
+
+    The SGD state lasts across calls; each step's learning rate is ``lr * (1 + cos(pi * p)) / 2`` with ``p``
+    the run's progress in [0, 1] given by the caller (steps done over steps planned, or time spent over the
+    budget), so that a time-bounded run still ends its cosine schedule at the budget. Each step draws its batch
+    uniformly without replacement from the whole pool."""
+
+    def __init__(self, distiller: KnowledgeDistillation, student: nn.Module, teacher: Teacher) -> None:
+        cfg = distiller.config
+        distiller._check_options()
+        self.distiller, self.student, self.teacher = distiller, student, teacher
+        self.optimizer = distiller.make_optimizer(student)
+        self.scaler = distiller.ctx.grad_scaler()
+        self.steps = 0
+        self.images_seen = 0
+        self.batch_size = cfg.batch_size
+
+    def batch_size_for(self, pool_size: int) -> int:
+        return min(self.batch_size, pool_size)
+
+    def train(self, images: torch.Tensor, labels: torch.Tensor, steps: int, *, generator: torch.Generator,
+              progress: Any) -> dict[str, float]:
+        """Up to ``steps`` SGD steps on uint8 ``images``; stops early when ``progress()`` reaches 1.
+        Raises Interrupted (the caller's round is then redone on resume) when a stop was requested."""
+        distiller, ctx = self.distiller, self.distiller.ctx
+        cfg, device = distiller.config, ctx.device
+        n = len(images)
+        if n < 2:
+            raise DataError(f"kd needs at least 2 images to train on, the pool has {n}")
+        batch = self.batch_size_for(n)
+        labels_dev = labels.to(device).long()
+        sums = StepSums.zeros(device)
+        self.student.train()
+        for _ in range(steps):
+            if ctx.stop_requested:
+                raise Interrupted(f"online training interrupted after {self.steps} steps")
+            p = min(1.0, max(0.0, float(progress())))
+            if p >= 1.0:
+                break
+            lr = cfg.lr * 0.5 * (1.0 + math.cos(math.pi * p))
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            idx = torch.randperm(n, generator=generator, device=generator.device)[:batch].cpu()
+            loss, kd, ce = distiller.train_step(self.student, self.teacher, self.optimizer, self.scaler, images,
+                                                labels_dev, idx, generator)
+            sums.add(loss, kd, ce, batch)
+            self.steps += 1
+            self.images_seen += batch
+            if self.steps % ctx.log_every == 0:
+                check_finite({"kd": kd, "ce": ce}, step=self.steps, where="distiller kd (online)",
+                             hint="lower the learning rate (--distill-opt lr=...) or use --precision 32-true")
+        result = sums.means() if sums.steps else {}
+        result.update(steps=sums.steps, lr=self.optimizer.param_groups[0]["lr"])
+        return result
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(), "steps": self.steps,
+                "images_seen": self.images_seen}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.steps, self.images_seen = int(state["steps"]), int(state["images_seen"])

@@ -7,25 +7,25 @@ Pixels x (in the teacher's normalised input space, initialised N(0, 1)) are opti
 
 where x~ is x randomly rolled by up to ``jitter`` pixels and flipped (NaturalInversion Eq. 1-4;
 R_BN in :mod:`~dfcompress.synth.bn_stats`, R_TV and JS in :mod:`~dfcompress.synth.priors`). The
-Adaptive DeepInversion competition term uses the current student. The images returned are the
-lowest-loss iterate (a copy), not the last one.
+Adaptive DeepInversion competition term uses the current student, and is left out when none is given
+(an online warm-up round). The images returned are the lowest-loss iterate (a copy), not the last one;
+the loop itself is :func:`~dfcompress.synth.inversion.optimise`.
 """
 from __future__ import annotations
 
-import logging
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 from torch import nn
 
-from ..components import SynthBatch, Synthesizer, Teacher
-from ..errors import ConfigError
+from ..components import SynthBatch
 from .bn_stats import BNStatistics
-from .inversion import BestSnapshot, finish_batch, report_progress, require_batchnorm
-from .priors import cpu_generator_from, jitter_flip, js_divergence, l2_norm, total_variation
-
-logger = logging.getLogger(__name__)
+from .inversion import (
+    InversionSynthesizer, competition_term, finish_batch, image_terms, noise_pixels, optimise, term_weights, weighted_total,
+)
+from .priors import cpu_generator_from, jitter_flip
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,7 @@ class DeepInversionConfig:
     clip: bool = field(default=False, metadata={"help": "clip the pixels to the valid [0, 1] range after each step (ImageNet DI code)"})
 
 
-class DeepInversion(Synthesizer):
+class DeepInversion(InversionSynthesizer):
     name = "deepinversion"
     summary = "DeepInversion: pixels optimised for CE + BatchNorm statistics + image priors (+ADI)"
     paper = "Yin et al., Dreaming to Distill: Data-free Knowledge Transfer via DeepInversion, CVPR 2020"
@@ -57,73 +57,40 @@ class DeepInversion(Synthesizer):
     def wants_student(self) -> bool:
         return self.config.adi_scale > 0
 
-    def setup(self, teacher: Teacher) -> None:
-        require_batchnorm(teacher, "deepinversion")
-        if self.config.iterations < 1:
-            raise ConfigError("deepinversion: iterations must be >= 1")
-        self.teacher = teacher
-
-    def synthesize_batch(
-        self, labels: torch.Tensor, *, generator: torch.Generator, student: nn.Module | None = None
-    ) -> SynthBatch:
+    def invert(self, labels: torch.Tensor, generator: torch.Generator, student: nn.Module | None) -> SynthBatch:
         cfg, ctx, teacher = self.config, self.ctx, self.teacher
-        if cfg.adi_scale > 0 and student is None:
-            raise ConfigError("deepinversion: adi_scale > 0 needs the current student; run it inside a distillation task or set adi_scale=0")
         start = time.perf_counter()
         device = ctx.device
-        labels = labels.to(device)
-        channels, (height, width) = teacher.input.channels, teacher.input.image_size
         aux = cpu_generator_from(generator)
-        x = torch.randn((labels.numel(), channels, height, width), generator=generator, device=generator.device)
-        x = x.to(device).requires_grad_(True)
+        x = noise_pixels(teacher, labels.numel(), generator, device).requires_grad_(True)
         optimizer = torch.optim.Adam([x], lr=cfg.lr, betas=tuple(cfg.betas))
-        scaler = ctx.grad_scaler()
-        low = teacher.input.normalize(torch.zeros(1, channels, 1, 1, device=device))
-        high = teacher.input.normalize(torch.ones(1, channels, 1, 1, device=device))
-        best = BestSnapshot()
-        use_adi = cfg.adi_scale > 0 and student is not None
-        student_was_training = bool(student.training) if student is not None else False
-        if use_adi:
-            student.eval()
-        bn = BNStatistics(teacher.model, first_multiplier=cfg.first_bn_multiplier)
-        done = 0
-        try:
-            for step in range(1, cfg.iterations + 1):
-                if ctx.stop_requested:
-                    break
+        weights = term_weights(cfg, "loss_bn", cfg.bn_scale, competition=student is not None)
+        with BNStatistics(teacher.model, first_multiplier=cfg.first_bn_multiplier) as bn:
+
+            def step() -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
                 x_jit = jitter_flip(x, aux, max_shift=cfg.jitter, flip=cfg.flip)
                 with ctx.autocast():
                     logits = teacher.model(x_jit)
-                    student_logits = student(x_jit) if use_adi else None
-                terms = {
-                    "loss_ce": nn.functional.cross_entropy(logits.float(), labels),
-                    "loss_bn": bn.loss().to(device),
-                    "loss_tv": total_variation(x_jit),
-                    "loss_l2": l2_norm(x_jit),
-                }
-                total = cfg.ce_scale * terms["loss_ce"] + cfg.bn_scale * terms["loss_bn"]
-                total = total + cfg.tv_scale * terms["loss_tv"] + cfg.l2_scale * terms["loss_l2"]
+                    student_logits = student(x_jit) if student is not None else None
+                terms = image_terms(logits, labels, "loss_bn", bn.loss().to(device), x_jit)
                 if student_logits is not None:
-                    terms["loss_adi"] = 1.0 - js_divergence(logits, student_logits, cfg.adi_temperature).clamp(0.0, 1.0)
-                    total = total + cfg.adi_scale * terms["loss_adi"]
-                terms["loss"] = total
-                best.update(total, x, terms)
-                (grad,) = torch.autograd.grad(scaler.scale(total), [x])
-                x.grad = grad
-                scaler.step(optimizer)
-                scaler.update()
-                x.grad = None
-                if cfg.clip:
-                    with torch.no_grad():
-                        x.copy_(torch.maximum(torch.minimum(x, high), low))
-                done = step
-                report_progress(logger, ctx, "deepinversion", step, cfg.iterations, terms,
-                                "lower lr or bn_scale, or use --precision 32-true")
-        finally:
-            bn.remove()
-            if use_adi and student_was_training:
-                student.train()
-        if best.images is None:
-            best.update(torch.zeros((), device=device), x, {})
-        return finish_batch(teacher, ctx, best.images, labels, best.terms,
-                            iterations=done, seconds=time.perf_counter() - start)
+                    terms["loss_adi"] = competition_term(logits, student_logits, cfg.adi_temperature)
+                return weighted_total(terms, weights), terms, x
+
+            result = optimise(ctx, step, [optimizer], iterations=cfg.iterations, where="deepinversion",
+                              hint="lower lr or bn_scale, or use --precision 32-true", initial=lambda: x,
+                              after_step=self._clipper(x) if cfg.clip else None)
+        return finish_batch(teacher, ctx, result.images, labels, result.terms, iterations=result.iterations,
+                            seconds=time.perf_counter() - start, student_used=student is not None)
+
+    def _clipper(self, x: torch.Tensor) -> Callable[[], None]:
+        """Clip ``x`` in place to the normalised image of [0, 1] (option ``clip``), after each step."""
+        spec, device = self.teacher.input, self.ctx.device
+        low = spec.normalize(torch.zeros(1, spec.channels, 1, 1, device=device))
+        high = spec.normalize(torch.ones(1, spec.channels, 1, 1, device=device))
+
+        def clip() -> None:
+            with torch.no_grad():
+                x.copy_(torch.maximum(torch.minimum(x, high), low))
+
+        return clip

@@ -12,26 +12,27 @@ Pyramid P (Eq. 5, Table 7) and Adaptive Channel Scaling alpha in R^{B x C x 1 x 
 
 with I~ the randomly jittered/flipped I^, and update G, P and alpha jointly with Adam (learning
 rates 1e-3, 5e-4, 5e-2). The lowest-loss I^ of the batch is returned; G, P and alpha are then
-discarded. See docs/synthesizers.md for the departures from the reference implementation.
+discarded. With ``adi_scale > 0`` and a student, the competition term 1 - JS(T(I~), S(I~)) is added; without
+a student (an online warm-up round) it is left out. The loop is :func:`~dfcompress.synth.inversion.optimise`.
+See docs/synthesizers.md for the departures from the reference implementation.
 """
 from __future__ import annotations
 
-import logging
 import time
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
-from ..components import SynthBatch, Synthesizer, Teacher
+from ..components import SynthBatch, Teacher
 from ..errors import ConfigError
 from .bn_stats import BNStatistics
-from .inversion import BestSnapshot, finish_batch, report_progress, require_batchnorm
+from .inversion import (
+    InversionSynthesizer, competition_term, finish_batch, image_terms, optimise, term_weights, weighted_total,
+)
 from .natural_nets import INIT_SCHEMES, ConditionalGenerator, FeatureTransferPyramid, reset_parameters
-from .priors import cpu_generator_from, frozen, jitter_flip, js_divergence, l2_norm, total_variation
+from .priors import cpu_generator_from, jitter_flip
 from .pyramid import FeatureTaps, PyramidLevel, find_pyramid
-
-logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -69,7 +70,7 @@ class _Nets(nn.Module):
         self.ftp = ftp
 
 
-class NaturalInversion(Synthesizer):
+class NaturalInversion(InversionSynthesizer):
     name = "natural"
     summary = "NaturalInversion: one-to-one generator + Feature Transfer Pyramid + Adaptive Channel Scaling"
     paper = "Kim et al., NaturalInversion: Data-Free Image Synthesis Improving Real-World Consistency, AAAI 2022"
@@ -83,14 +84,11 @@ class NaturalInversion(Synthesizer):
 
     def setup(self, teacher: Teacher) -> None:
         cfg = self.config
-        require_batchnorm(teacher, "natural")
-        if cfg.iterations < 1:
-            raise ConfigError("natural: iterations must be >= 1")
+        super().setup(teacher)
         if cfg.generator_width < 2:
             raise ConfigError("natural: generator_width must be >= 2")
         if cfg.init not in INIT_SCHEMES:
             raise ConfigError(f"natural: init must be one of {', '.join(INIT_SCHEMES)}, not {cfg.init!r}")
-        self.teacher = teacher
         self.levels: list[PyramidLevel] = find_pyramid(teacher.model, teacher.input, self.ctx.device) if cfg.ftp else []
         self._nets: _Nets | None = None
         self._net_optimizer: torch.optim.Optimizer | None = None
@@ -113,20 +111,10 @@ class NaturalInversion(Synthesizer):
             groups.append({"params": list(ftp.parameters()), "lr": cfg.lr_ftp})
         return nets, torch.optim.Adam(groups)
 
-    def synthesize_batch(
-        self, labels: torch.Tensor, *, generator: torch.Generator, student: nn.Module | None = None
-    ) -> SynthBatch:
-        cfg, ctx, teacher = self.config, self.ctx, self.teacher
-        if cfg.adi_scale > 0 and student is None:
-            raise ConfigError("natural: adi_scale > 0 needs the current student; run it inside a distillation task or set adi_scale=0")
-        with frozen(student if cfg.adi_scale > 0 else None):
-            return self._synthesize(labels, generator, student if cfg.adi_scale > 0 else None)
-
-    def _synthesize(self, labels: torch.Tensor, generator: torch.Generator, student: nn.Module | None) -> SynthBatch:
+    def invert(self, labels: torch.Tensor, generator: torch.Generator, student: nn.Module | None) -> SynthBatch:
         cfg, ctx, teacher = self.config, self.ctx, self.teacher
         start = time.perf_counter()
         device = ctx.device
-        labels = labels.to(device)
         batch = labels.numel()
         aux = cpu_generator_from(generator)
         if cfg.one_to_one or self._nets is None:
@@ -137,56 +125,36 @@ class NaturalInversion(Synthesizer):
         alpha = torch.randn((batch, teacher.input.channels, 1, 1), generator=generator, device=generator.device)
         alpha = (alpha * cfg.alpha_std + cfg.alpha_mean).to(device).requires_grad_(cfg.acs)
         alpha_optimizer = torch.optim.Adam([alpha], lr=cfg.lr_alpha) if cfg.acs else None
-        scaler = ctx.grad_scaler()
-        best = BestSnapshot()
+        optimizers = [net_optimizer] if alpha_optimizer is None else [net_optimizer, alpha_optimizer]
+        weights = term_weights(cfg, "loss_bn", cfg.bn_scale, competition=student is not None)
         bn = BNStatistics(teacher.model)
         taps = FeatureTaps(teacher.model, self.levels) if nets.ftp is not None else None
-        done = 0
-        try:
-            for step in range(1, cfg.iterations + 1):
-                if ctx.stop_requested:
-                    break
-                image = self._render(nets, z, labels, alpha, bn, taps, aux if cfg.pre_jitter else None)
-                image_jit = jitter_flip(image, aux, max_shift=cfg.jitter, flip=cfg.flip)
+
+        def step() -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
+            image = self._render(nets, z, labels, alpha, bn, taps, aux if cfg.pre_jitter else None)
+            image_jit = jitter_flip(image, aux, max_shift=cfg.jitter, flip=cfg.flip)
+            with ctx.autocast():
+                logits = teacher.model(image_jit)
+            terms = image_terms(logits, labels, "loss_bn", bn.loss().to(device), image_jit)
+            if student is not None:
                 with ctx.autocast():
-                    logits = teacher.model(image_jit)
-                terms = {
-                    "loss_ce": nn.functional.cross_entropy(logits.float(), labels),
-                    "loss_bn": bn.loss().to(device),
-                    "loss_tv": total_variation(image_jit),
-                    "loss_l2": l2_norm(image_jit),
-                }
-                total = cfg.ce_scale * terms["loss_ce"] + cfg.bn_scale * terms["loss_bn"]
-                total = total + cfg.tv_scale * terms["loss_tv"] + cfg.l2_scale * terms["loss_l2"]
-                if student is not None:
-                    with ctx.autocast():
-                        student_logits = student(image_jit)
-                    terms["loss_adi"] = 1.0 - js_divergence(logits, student_logits, cfg.adi_temperature).clamp(0.0, 1.0)
-                    total = total + cfg.adi_scale * terms["loss_adi"]
-                terms["loss"] = total
-                best.update(total, image, terms)
-                net_optimizer.zero_grad(set_to_none=True)
-                if alpha_optimizer is not None:
-                    alpha_optimizer.zero_grad(set_to_none=True)
-                scaler.scale(total).backward()
-                scaler.step(net_optimizer)
-                if alpha_optimizer is not None:
-                    scaler.step(alpha_optimizer)
-                scaler.update()
-                done = step
-                report_progress(logger, ctx, "natural", step, cfg.iterations, terms,
-                                "lower the learning rates or bn_scale, or use --precision 32-true")
+                    student_logits = student(image_jit)
+                terms["loss_adi"] = competition_term(logits, student_logits, cfg.adi_temperature)
+            return weighted_total(terms, weights), terms, image
+
+        try:
+            result = optimise(ctx, step, optimizers, iterations=cfg.iterations, where="natural",
+                              hint="lower the learning rates or bn_scale, or use --precision 32-true",
+                              initial=lambda: self._render(nets, z, labels, alpha, bn, taps))
         finally:
             bn.remove()
             if taps is not None:
                 taps.remove()
-        if best.images is None:
-            with torch.no_grad():
-                best.update(torch.zeros((), device=device), self._render(nets, z, labels, alpha, bn, taps), {})
         if cfg.one_to_one:
             self._nets, self._net_optimizer = None, None
-        return finish_batch(teacher, ctx, best.images, labels, best.terms,
-                            iterations=done, seconds=time.perf_counter() - start)
+        return finish_batch(teacher, ctx, result.images, labels, result.terms, iterations=result.iterations,
+                            seconds=time.perf_counter() - start, student_used=student is not None,
+                            feature_passes=int(taps is not None))
 
     def _render(
         self,

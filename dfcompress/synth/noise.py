@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from ..components import NoOptions, SynthBatch, Synthesizer
-from .inversion import finish_batch
+from .inversion import finish_batch, noise_pixels
 
 
 class NoiseSynthesizer(Synthesizer):
@@ -23,8 +23,6 @@ class NoiseSynthesizer(Synthesizer):
         self, labels: torch.Tensor, *, generator: torch.Generator, student: nn.Module | None = None
     ) -> SynthBatch:
         start = time.perf_counter()
-        spec = self.teacher.input
-        x = torch.randn((labels.numel(), spec.channels, *spec.image_size), generator=generator, device=generator.device)
-        x = x.to(self.ctx.device)
+        x = noise_pixels(self.teacher, labels.numel(), generator, self.ctx.device)
         return finish_batch(self.teacher, self.ctx, x, labels.to(self.ctx.device), {},
                             iterations=0, seconds=time.perf_counter() - start)

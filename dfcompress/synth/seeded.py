@@ -8,7 +8,7 @@ Pixels x (normalised input space, initialised N(0, 1)) are optimised with Adam f
 where x_l are the outputs of ordinary layers (convolutions by default) and the class-conditional
 targets mu_{l,y}, sigma^2_{l,y} come from a statistics file made by ``dfcompress stats collect``
 (scenario A: training set, B: seed folder, C: one augmented seed image). No BatchNorm is needed, so
-BN-fused and BN-free teachers work.
+BN-fused and BN-free teachers work. The loop is :func:`~dfcompress.synth.inversion.optimise`.
 """
 from __future__ import annotations
 
@@ -20,10 +20,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ..components import SynthBatch, Synthesizer, Teacher
+from ..components import SynthBatch, Teacher
 from ..errors import ConfigError
-from .inversion import BestSnapshot, finish_batch, report_progress
-from .priors import cpu_generator_from, jitter_flip, l2_norm, total_variation
+from .inversion import InversionSynthesizer, finish_batch, image_terms, noise_pixels, optimise, term_weights, weighted_total
+from .priors import cpu_generator_from, jitter_flip
 from .stats import ClassStats, OutputCapture, class_conditional_loss
 
 logger = logging.getLogger(__name__)
@@ -44,7 +44,7 @@ class SeededInversionConfig:
     flip: bool = field(default=True, metadata={"help": "random horizontal flip per iteration"})
 
 
-class SeededInversion(Synthesizer):
+class SeededInversion(InversionSynthesizer):
     name = "seeded"
     summary = "Seed-conditional inversion: class-conditional feature statistics from seed images"
     paper = "Zhu et al., You Get What You Sow: High Fidelity Image Synthesis with a Single Pretrained Network, IJCAI 2021"
@@ -59,8 +59,7 @@ class SeededInversion(Synthesizer):
                 "seeded needs class statistics: --synth-opt stats=PATH, made with "
                 "'dfcompress stats collect --teacher SPEC --data DIR --out stats.safetensors'"
             )
-        if cfg.iterations < 1:
-            raise ConfigError("seeded: iterations must be >= 1")
+        super().setup(teacher)
         stats = ClassStats.load(cfg.stats)
         if stats.num_classes != teacher.input.num_classes:
             raise ConfigError(
@@ -71,7 +70,6 @@ class SeededInversion(Synthesizer):
             stats.layers = [n for n in stats.layers if pattern.search(n)]
             if not stats.layers:
                 raise ConfigError(f"seeded: no layer of {cfg.stats} matches layers={cfg.layers!r}")
-        self.teacher = teacher
         self.stats = stats
         self._check_shapes()
         self._warned: set[int] = set()
@@ -92,13 +90,10 @@ class SeededInversion(Synthesizer):
         finally:
             capture.remove()
 
-    def synthesize_batch(
-        self, labels: torch.Tensor, *, generator: torch.Generator, student: nn.Module | None = None
-    ) -> SynthBatch:
+    def invert(self, labels: torch.Tensor, generator: torch.Generator, student: nn.Module | None) -> SynthBatch:
         cfg, ctx, teacher, stats = self.config, self.ctx, self.teacher, self.stats
         start = time.perf_counter()
         device = ctx.device
-        labels = labels.to(device)
         present = torch.unique(labels).cpu()
         covered = present[stats.counts.index_select(0, present) > 0]
         missing = sorted(set(present.tolist()) - set(covered.tolist()) - self._warned)
@@ -106,51 +101,31 @@ class SeededInversion(Synthesizer):
             self._warned.update(missing)
             logger.warning("seeded: no statistics for class(es) %s in %s; they get CE and priors only", missing, cfg.stats)
         classes = covered.to(device)
-        channels, (height, width) = teacher.input.channels, teacher.input.image_size
         aux = cpu_generator_from(generator)
-        x = torch.randn((labels.numel(), channels, height, width), generator=generator, device=generator.device)
-        x = x.to(device).requires_grad_(True)
+        x = noise_pixels(teacher, labels.numel(), generator, device).requires_grad_(True)
         optimizer = torch.optim.Adam([x], lr=cfg.lr, betas=tuple(cfg.betas))
-        scaler = ctx.grad_scaler()
-        best = BestSnapshot()
+        weights = term_weights(cfg, "loss_cc", cfg.cc_scale)
         capture = OutputCapture(teacher.model, stats.layers)
-        done = 0
+
+        def step() -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
+            x_jit = jitter_flip(x, aux, max_shift=cfg.jitter, flip=cfg.flip)
+            with ctx.autocast():
+                logits = teacher.model(x_jit)
+            loss_cc = (
+                class_conditional_loss(capture.outputs, stats, labels, classes)
+                if classes.numel()
+                else torch.zeros((), device=device)
+            )
+            capture.outputs = {}
+            terms = image_terms(logits, labels, "loss_cc", loss_cc, x_jit)
+            return weighted_total(terms, weights), terms, x
+
         try:
-            for step in range(1, cfg.iterations + 1):
-                if ctx.stop_requested:
-                    break
-                x_jit = jitter_flip(x, aux, max_shift=cfg.jitter, flip=cfg.flip)
-                with ctx.autocast():
-                    logits = teacher.model(x_jit)
-                loss_cc = (
-                    class_conditional_loss(capture.outputs, stats, labels, classes)
-                    if classes.numel()
-                    else torch.zeros((), device=device)
-                )
-                capture.outputs = {}
-                terms = {
-                    "loss_ce": nn.functional.cross_entropy(logits.float(), labels),
-                    "loss_cc": loss_cc,
-                    "loss_tv": total_variation(x_jit),
-                    "loss_l2": l2_norm(x_jit),
-                }
-                total = cfg.ce_scale * terms["loss_ce"] + cfg.cc_scale * terms["loss_cc"]
-                total = total + cfg.tv_scale * terms["loss_tv"] + cfg.l2_scale * terms["loss_l2"]
-                terms["loss"] = total
-                best.update(total, x, terms)
-                (grad,) = torch.autograd.grad(scaler.scale(total), [x])
-                x.grad = grad
-                scaler.step(optimizer)
-                scaler.update()
-                x.grad = None
-                done = step
-                report_progress(logger, ctx, "seeded", step, cfg.iterations, terms,
-                                "lower lr or cc_scale, or use --precision 32-true")
+            found = optimise(ctx, step, [optimizer], iterations=cfg.iterations, where="seeded",
+                             hint="lower lr or cc_scale, or use --precision 32-true", initial=lambda: x)
         finally:
             capture.remove()
-        if best.images is None:
-            best.update(torch.zeros((), device=device), x, {})
-        result = finish_batch(teacher, ctx, best.images, labels, best.terms, iterations=done,
+        result = finish_batch(teacher, ctx, found.images, labels, found.terms, iterations=found.iterations,
                               seconds=time.perf_counter() - start)
         # the driver reports loss_bn for every synthesizer; here the statistics term is the class-conditional one
         if "loss_cc" in result.metrics:

@@ -125,7 +125,10 @@ class ClassImpressions(Synthesizer):
     """ZSKD data impressions: Dirichlet soft labels, temperature-scaled cross-entropy, TV and l2 priors."""
 
     name = "impressions"
-    summary = "ZSKD data impressions: pixels fit to Dirichlet soft labels at temperature T (no BatchNorm statistics)"
+    summary = (
+        "ZSKD data impressions: pixels fit to Dirichlet soft labels at temperature T "
+        "(no BatchNorm statistics, any teacher)"
+    )
     paper = "arXiv:1905.08114"
     iterations_option = "iterations"
 

@@ -2,7 +2,7 @@ from dfcompress import hookimpl
 
 
 @hookimpl
-def register_teachers(register):
+def register_models(register):
     register("dfcompress.models.sources:TimmSource", name="timm", summary="any timm model, e.g. timm:resnet18")
     register("dfcompress.models.sources:TorchvisionSource", name="torchvision",
              summary="torchvision.models.get_model, e.g. torchvision:resnet18")

@@ -1,0 +1,150 @@
+"""Plans: what each cell of a suite needs (done, resume, run, skip), its command line and iteration count,
+and the problems that would make it fail at once (bad config, unknown component or option, bad command)."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .. import options as opts
+from ..config import make_run_config
+from ..errors import DFCompressError
+from .calibrate import Calibrator
+from .capabilities import registry_or_default, wants_student
+from .launch import current_cli, run_args, validate_command
+from .suite import Cell
+from .workspace import Workspace
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class CellPlan:
+    cell: Cell
+    out_dir: Path
+    status: str  # done | resume | run | skip | blocked
+    reason: str = ""
+    iterations: int | None = None
+    iterations_rule: str = ""
+    budget_info: dict = field(default_factory=dict)
+    argv: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+
+def registry_problems(config: Any, registry: Any) -> list[str]:
+    """Check component names (and their options, when the component loads) against the registry."""
+    problems = []
+    checks = [("tasks", config.task, None), ("synthesizers", config.synth, "synth_options"),
+              ("distillers", config.distiller, "distill_options"), ("pruners", config.pruner, "prune_options")]
+    for kind, name, table in checks:
+        try:
+            registry.entry(kind, name)
+        except DFCompressError as exc:
+            problems.append(str(exc))
+            continue
+        if table is None:
+            continue
+        try:
+            cls = registry.get(kind, name)
+        except DFCompressError as exc:
+            problems.append(f"cannot check the options of {kind[:-1]} {name}: {exc}")
+            continue
+        if kind == "synthesizers" and config.iterations is not None and cls.iterations_option is None:
+            problems.append(f"synthesizer {name} has no iterations option; give the method budgets = []")
+        try:
+            opts.build(cls.Config, dict(getattr(config, table)), owner=f"{kind[:-1]} {name}")
+        except DFCompressError as exc:
+            problems.append(str(exc))
+    for spec in (config.teacher, config.student):
+        if spec is None:
+            continue
+        try:
+            from ..models import parse_spec
+
+            parse_spec(spec, registry=registry)
+        except DFCompressError as exc:
+            problems.append(str(exc))
+        except ImportError as exc:
+            problems.append(f"model spec {spec}: {exc}")
+    return problems
+
+
+class Planner:
+    """Plans the cells of a suite in a results directory."""
+
+    def __init__(self, ws: Workspace, calibrator: Calibrator, registry: Any = None) -> None:
+        self.ws = ws
+        self.calibrator = calibrator
+        self._registry = registry
+
+    @property
+    def registry(self) -> Any:
+        self._registry = registry_or_default(self._registry)
+        return self._registry
+
+    def plan(self, cells: list[Cell] | None = None, *, validate: bool = False, measure: bool = False) -> list[CellPlan]:
+        """One plan per cell (default: every cell of the suite); ``measure``: calibrate equal-time budgets by
+        probe runs where needed; ``validate``: fill each plan's problems."""
+        plans = []
+        for cell in cells if cells is not None else self.ws.suite.cells:
+            out = self.ws.cell_dir(cell)
+            p = CellPlan(cell, out, "run")
+            reason = self.ws.suite.missing_requirements(cell)
+            if (out / "metrics.json").is_file():
+                p.status = "done"
+            elif reason:
+                p.status, p.reason = "skip", reason
+            elif (out / "config.toml").is_file():
+                p.status = "resume"
+            if p.status == "resume":
+                p.argv = ["run", "--resume", self.ws.rel(out), "--json"]
+            stored = self.ws.stored_bench(cell)
+            if p.status in ("done", "resume") and "iterations" in stored:
+                p.iterations, p.iterations_rule = stored["iterations"], stored.get("iterations_rule", "")
+                p.budget_info = stored.get("budget", {})
+            elif p.status != "skip" or validate:
+                p.iterations, p.iterations_rule, p.budget_info = self.calibrator.iterations(cell, measure=measure)
+            if p.status == "run":
+                config = self.ws.cell_config(cell)
+                if p.iterations is not None:
+                    config["iterations"] = p.iterations
+                elif cell.budget is not None:  # shown by --dry-run; run() calibrates before launching
+                    config["iterations"] = "<calibrated at run time>"
+                p.argv = ["run", *run_args(config, self.ws.rel(out))]
+            if validate:
+                p.problems = self.validate(cell, p.iterations)
+            plans.append(p)
+        return plans
+
+    def validate(self, cell: Cell, iterations: int | None) -> list[str]:
+        """Problems that would make ``cell`` fail at once (bad config, unknown component or option)."""
+        config = self.ws.cell_config(cell)
+        if cell.budget is not None:
+            config["iterations"] = iterations if iterations is not None else 1
+        try:
+            run_config = make_run_config(config)
+        except DFCompressError as exc:
+            return [str(exc)]
+        problems = registry_problems(run_config, self.registry)
+        if (run_config.task == "distill" and cell.kind == "synthetic" and cell.depends_on is None
+                and run_config.synthetic and self._wants_student(run_config)):
+            problems.append("ADI needs synthesis against the student: do not reuse a synthetic set")
+        return problems
+
+    def _wants_student(self, run_config: Any) -> bool:
+        try:
+            return wants_student(run_config.synth, run_config.synth_options, self.registry)
+        except DFCompressError:  # reported by registry_problems
+            return False
+
+    def validate_prerequisites(self, cells: list[Cell], cli: Any = None) -> dict[str, str | None]:
+        """The prerequisites the cells need, each with the problem its command has, or None; ``cli``: the
+        command line interface to check them with (default: the one running, see
+        :func:`~dfcompress.bench.launch.current_cli`; outside a command line they are not checked)."""
+        needed = list(dict.fromkeys(p for c in cells for p in c.prerequisites))
+        cli = cli if cli is not None else current_cli()
+        if cli is None:
+            logger.debug("no command line to check the prerequisites' commands with")
+            return dict.fromkeys(needed)
+        return {pid: validate_command(self.ws.suite.prerequisites[pid].command, cli) for pid in needed}
