@@ -1,10 +1,12 @@
-"""The ``dfcompress`` command line. Only this module prints; heavy imports happen inside commands."""
+"""The ``dfcompress`` command line: the core commands (``run``, ``synthesize``, ``plugins``, ``models``, ``show``),
+:func:`build_cli` and :func:`main`. Every other command lives in :mod:`dfcompress.commands` and is added through
+the ``register_commands`` hook. Only this module and the command modules print; heavy imports happen inside
+commands."""
 from __future__ import annotations
 
 import contextlib
 import json
 import logging
-import os
 import signal
 import sys
 from pathlib import Path
@@ -13,13 +15,12 @@ from typing import Any, Iterator
 import click
 
 from ._version import __version__
-from .config import COMPONENT_TABLES, SCALAR_FIELDS, SYNTHESIZE_FIELDS, make_run_config, read_config_file
+from .commands import CONTEXT_SETTINGS
+from .config import SCALAR_FIELDS, SYNTHESIZE_FIELDS, make_run_config, read_config_file
 from .errors import DFCompressError, Interrupted
 from .options import Option, parse_assignments
 
 logger = logging.getLogger("dfcompress")
-
-CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
 
 
 def _click_type(option: Option) -> Any:
@@ -161,7 +162,7 @@ def run(ctx: click.Context, config_file, resume, as_json, synth_opt, distill_opt
     config = make_run_config(*_with_source_defaults(layers, registry))
     task_cls = registry.get("tasks", config.task)
     registry.get("synthesizers", config.synth)  # fail fast on unknown names, before any work
-    from .pipeline import Run
+    from .run import Run
     from .report import summary_rows, text_table, write_report
 
     with Run(config, registry, quiet=ctx.obj["quiet"]) as run_:
@@ -194,7 +195,7 @@ def synthesize(ctx: click.Context, synth_opt, out, export_png, **values) -> None
               {"out": out, "synth_options": parse_assignments(synth_opt, flag="--synth-opt")}]
     config = make_run_config(*_with_source_defaults(layers, registry))
     registry.get("synthesizers", config.synth)
-    from .pipeline import Run
+    from .run import Run
 
     with Run(config, registry, quiet=ctx.obj["quiet"]) as run_:
         with graceful_stop(run_.ctx):
@@ -205,7 +206,7 @@ def synthesize(ctx: click.Context, synth_opt, out, export_png, **values) -> None
                 raise
     click.echo(f"{len(data)} images in {out} (synthesis {run_.timings.get('synthesize', 0):.0f} s)")
     if export_png:
-        from .synthdata import export_imagefolder
+        from .data.synthetic import export_imagefolder
 
         n = export_imagefolder(data, export_png)
         click.echo(f"exported {n} PNG files to {export_png}")
@@ -265,43 +266,10 @@ def show(kind: str, name: str) -> None:
     click.echo(markdown_table(cls.Config) if options_of(cls.Config) else "no options")
 
 
-@cli.group(context_settings=CONTEXT_SETTINGS)
-def data() -> None:
-    """Inspect synthetic data sets."""
-
-
-@data.command(context_settings=CONTEXT_SETTINGS)
-@click.argument("directory", type=click.Path(file_okay=False))
-def verify(directory: str) -> None:
-    """Check every shard against the manifest's checksums; exit 1 and name the broken ones."""
-    from .synthdata import read_manifest, verify as verify_shards
-
-    problems = verify_shards(directory)
-    manifest = read_manifest(directory)
-    for line in problems:
-        click.echo(f"broken: {line}")
-    n = len(manifest["shards"])
-    state = "complete" if manifest.get("complete") else "unfinished"
-    if problems:
-        click.echo(f"{len(problems)} of {n} shard(s) broken in {directory}", err=True)
-        sys.exit(1)
-    click.echo(f"{n} shard(s) verified, {state}: {directory}")
-
-
-@data.command(context_settings=CONTEXT_SETTINGS)
-@click.argument("directory", type=click.Path(file_okay=False))
-@click.argument("out", type=click.Path(file_okay=False))
-def export(directory: str, out: str) -> None:
-    """Export a synthetic data set as an ImageFolder of PNG files."""
-    from .synthdata import export_imagefolder, load
-
-    n = export_imagefolder(load(directory), out)
-    click.echo(f"exported {n} PNG files to {out}")
-
-
 def build_cli() -> click.Group:
-    """The CLI with the sub-commands that plugins add through ``register_commands`` (one plugin at a time,
-    so that a broken plugin costs only its own commands)."""
+    """The CLI with the sub-commands that plugins add through ``register_commands``, the built-in ones of
+    :mod:`dfcompress.commands` included (one plugin at a time, so that a broken plugin costs only its own
+    commands)."""
     from .plugins import get_plugin_manager, strict
 
     pm = get_plugin_manager()

@@ -99,7 +99,7 @@ SCHEDULES = ("offline", "online")
 class Synthesizer(Component, abc.ABC):
     """Model inversion: produces labelled images from a frozen teacher, one batch at a time.
 
-    The driver (:func:`dfcompress.synthesis.run_synthesis`) chooses labels and a per-batch seed, so that
+    The driver (:func:`dfcompress.synth.driver.run_synthesis`) chooses labels and a per-batch seed, so that
     a data set is reproducible batch by batch and an interrupted run resumes where it stopped.
 
     What a method can do is declared by class attributes (like llm's ``can_stream``), which tasks, the
@@ -256,4 +256,4 @@ class Task(Component, abc.ABC):
 
     @abc.abstractmethod
     def run(self, run: Any) -> dict[str, Any]:
-        """Run on a :class:`dfcompress.pipeline.Run` and return the metrics for the report."""
+        """Run on a :class:`dfcompress.run.Run` and return the metrics for the report."""

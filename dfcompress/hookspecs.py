@@ -59,9 +59,10 @@ DEPRECATED_HOOKS = {"register_teachers": "register_models"}
 def register_datasets(register):
     """Register real evaluation data sources: ``register(loader, name="cifar10")`` for ``cifar10:<arg>``.
 
-    A loader is a :class:`dfcompress.datasets.DataSource` subclass."""
+    A loader is a :class:`dfcompress.data.real.DataSource` subclass."""
 
 
 @hookspec
 def register_commands(cli):
-    """Add click sub-commands to the ``dfcompress`` group."""
+    """Add click sub-commands to the ``dfcompress`` group (the built-in ones in :mod:`dfcompress.commands` do
+    it the same way)."""

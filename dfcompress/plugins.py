@@ -33,8 +33,10 @@ DEFAULT_PLUGINS = (
     "dfcompress.default_plugins.tasks",
     "dfcompress.default_plugins.models",
     "dfcompress.default_plugins.datasets",
-    "dfcompress.default_plugins.commands",
-    "dfcompress.default_plugins.bench_commands",
+    # the built-in commands beyond cli.py's core ones: each module adds its own through register_commands
+    "dfcompress.commands.data",
+    "dfcompress.commands.stats",
+    "dfcompress.commands.bench",
 )
 
 

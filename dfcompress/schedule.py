@@ -254,7 +254,7 @@ class Schedule:
         return lambda: (clock.elapsed() - start) / window
 
     def _synthesize_one(self, pool: Pool, progress: Progress, student: nn.Module | None) -> None:
-        from .synthesis import run_synthesis
+        from .synth.driver import run_synthesis
 
         run = self.run
         collected: list[dict] = []
@@ -268,7 +268,7 @@ class Schedule:
             progress.work[f"synthesis_{key}"] += int(metrics.get(f"work_{key}", 0))
 
     def _add_shard(self, pool: Pool, shard: dict) -> None:
-        from .synthdata import read_shard
+        from .data.synthetic import read_shard
 
         tensors = read_shard(self.writer.directory, shard)
         pool.add(tensors["images"], tensors["labels"])

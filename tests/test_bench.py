@@ -21,7 +21,7 @@ from dfcompress.bench.suite import SuiteError, load_suite
 
 REPO = Path(__file__).resolve().parents[1]
 SUITES = sorted((REPO / "benchmarks" / "suites").glob("*.toml"))
-PLUGIN = "dfcompress.default_plugins.bench_commands"
+PLUGIN = "dfcompress.commands.bench"
 
 
 @pytest.fixture
@@ -826,7 +826,7 @@ def fake_loaders(monkeypatch):
 
     from dfcompress.bench import importing
     from dfcompress.components import InputSpec, Teacher
-    from dfcompress.datasets import EvalData
+    from dfcompress.data.real import EvalData
 
     torch.manual_seed(0)
     spec = InputSpec(image_size=(8, 8), num_classes=4, channels=3)
@@ -851,7 +851,7 @@ def fake_loaders(monkeypatch):
 def test_data_import_writes_a_loadable_data_set(tmp_path, bench_cli, fake_loaders):
     import torch
 
-    from dfcompress import synthdata
+    from dfcompress.data import synthetic as synthdata
     from dfcompress.errors import DataError
 
     out = tmp_path / "real"
@@ -881,7 +881,7 @@ def test_data_import_writes_a_loadable_data_set(tmp_path, bench_cli, fake_loader
 
 def test_bench_plugin_does_not_import_heavy_modules():
     code = (
-        "import sys\nimport dfcompress.default_plugins.bench_commands\n"
+        "import sys\nimport dfcompress.commands.bench, dfcompress.commands.data, dfcompress.commands.stats\n"
         "heavy = [m for m in ('torch', 'pandas', 'matplotlib') if m in sys.modules]\nassert not heavy, heavy\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
@@ -919,3 +919,41 @@ def test_smoke_suite_end_to_end(tmp_path, bench_cli, monkeypatch):
     assert code == 0 and "3 finished" in out  # nothing re-run
     code, out = invoke(bench_cli, ["leaderboard", "--results", str(tmp_path / "results"), "--out", str(tmp_path / "lb")])
     assert code == 0 and (tmp_path / "lb" / "plots" / "cifar10-cpu-smoke-distill.png").is_file()
+
+
+def test_leaderboard_time_budget_table_and_learning_curves(tmp_path):
+    import json
+
+    import pandas as pd
+
+    from dfcompress.bench.leaderboard import Notes, time_curves, time_table
+
+    base = {"kind": "synthetic", "status": "ok", "task": "distill", "task_label": "KD 30 min", "note": "",
+            "config.task": "distill", "budget_label": "", "distill.time_budget_s": 1800.0, "distill.total_s": 1801.0}
+    curve = [{"round": 10, "seconds": 60.0, "steps": 0, "pool": 2560, "top1": 0.1},
+             {"round": 20, "seconds": 400.0, "steps": 400, "pool": 5120, "top1": 0.3}]
+    frame = pd.DataFrame([
+        dict(base, cell=f"fast--s{seed}", method="fast", method_label="Fast-2", seed=seed, top1=top1,
+             **{"distill.schedule": "online", "distill.images": 5120, "distill.synthesis_s": 300.0,
+                "distill.training_s": 1500.0, "distill.work_images.synthesis_teacher": 10240,
+                "distill.work_images.train_student": 1_000_000, "distill.curve": json.dumps(curve)})
+        for seed, top1 in ((0, 0.40), (1, 0.44))
+    ] + [dict(base, cell="di--s0", method="di", method_label="DeepInversion", seed=0, top1=0.2,
+              **{"distill.schedule": "offline", "distill.images": 1280, "distill.synthesis_s": 900.0,
+                 "distill.training_s": 900.0, "distill.work_images.synthesis_teacher": 256_000,
+                 "distill.work_images.train_student": 500_000, "distill.curve": "[]"}),
+         dict(base, cell="old--s0", method="old", method_label="no budget", seed=0, top1=0.5,
+              **{"distill.time_budget_s": None})])
+    table = time_table(frame, Notes(tmp_path, tmp_path))
+    assert list(table["Method"]) == ["Fast-2", "DeepInversion"]  # cells without a budget are not in it
+    fast = table.iloc[0]
+    assert fast["top-1 %"] == "42.00 ± 2.83 (n=2)" and fast["images made"] == "5,120"
+    assert fast["schedule"] == "online" and fast["work (M images through a model)"] == "1.01"
+    assert table.iloc[1]["synthesis s"] == "900"
+    curves = time_curves(frame)
+    assert curves["Fast-2 (distill)"] == curve and curves["DeepInversion (distill)"] == []
+    from dfcompress.schedule import plot_curve
+
+    png = plot_curve(curves, tmp_path / "c.png")
+    assert png is not None and png.read_bytes()[:4] == b"\x89PNG"
+    assert plot_curve({"x": []}, tmp_path / "none.png") is None

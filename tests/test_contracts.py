@@ -56,7 +56,7 @@ def _one_thread(one_thread):
 def guides(tmp_path_factory) -> dict:
     """Options for ``needs_guides`` synthesizers: class statistics of the kit's tiny teacher (for seeded)."""
     from dfcompress.synth.labels import make_labels
-    from dfcompress.synth.stats import collect_stats
+    from dfcompress.synth.seeded_stats import collect_stats
 
     teacher = tiny_teacher()
     g = torch.Generator().manual_seed(0)

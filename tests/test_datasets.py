@@ -8,9 +8,9 @@ import pytest
 import torch
 from PIL import Image
 
-from dfcompress import datasets
+from dfcompress.data import real as datasets
 from dfcompress.components import InputSpec
-from dfcompress.datasets import EvalData, load_data
+from dfcompress.data.real import EvalData, load_data
 from dfcompress.errors import DataError
 
 from conftest import shared_path

@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from dfcompress.datasets import load_data
+from dfcompress.data.real import load_data
 from dfcompress.models import demo, load_teacher
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from dfcompress import evaluate as ev
+from dfcompress import evaluation as ev
 from dfcompress.components import InputSpec, Teacher
 from dfcompress.metrics import class_balance, mean_pairwise_cosine_distance, topk_accuracy
 from dfcompress.metrics.frechet import gaussian, trace_sqrt_product

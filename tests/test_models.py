@@ -146,7 +146,7 @@ def top1(teacher, data, batch_size: int = 250) -> float:
     [("cifar:resnet20", "resnet20-12fca82f.th", 81.03), ("cifar:resnet56", "resnet56-4bfd9763.th", 83.20)],
 )
 def test_pretrained_cifar_resnets(spec, file, expected):
-    from dfcompress.datasets import load_data
+    from dfcompress.data.real import load_data
 
     weights = shared_path("models", file)
     archive = shared_path("data", "cifar10-jpeg.tar.gz")

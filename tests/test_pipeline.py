@@ -71,7 +71,7 @@ def test_config_file_replays_a_run(tmp_path):
 
 
 def test_synthetic_data_of_another_shape_is_refused(tmp_path, capsys):
-    from dfcompress import synthdata
+    from dfcompress.data import synthetic as synthdata
 
     d = tmp_path / "syn"
     w = synthdata.SyntheticWriter(d, {"x": 1}, num_images=4, batch_size=4, seed=0)

@@ -12,7 +12,6 @@ import torch
 
 from dfcompress.cli import main
 
-from conftest import shared_path
 
 
 def cli(*args):
@@ -48,7 +47,7 @@ SYNTH = ["synthesize", "--synth", "deepinversion", "-s", "iterations=40", "--num
 
 @pytest.mark.slow
 def test_sigkill_during_synthesis_then_resume_gives_the_same_data_set(tmp_path):
-    from dfcompress import synthdata
+    from dfcompress.data import synthetic as synthdata
 
     killed = tmp_path / "killed"
     proc = spawn(*SYNTH, "--out", str(killed))

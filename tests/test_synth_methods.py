@@ -12,7 +12,7 @@ from dfcompress.components import InputSpec, Teacher
 from dfcompress.context import RunContext
 from dfcompress.errors import ConfigError, UnsupportedTeacherError
 from dfcompress.synth.labels import make_labels
-from dfcompress.synth.stats import ClassStats, class_conditional_loss, collect_stats
+from dfcompress.synth.seeded_stats import ClassStats, class_conditional_loss, collect_stats
 
 
 class NoBNNet(nn.Module):
@@ -256,7 +256,7 @@ def test_stats_command_does_not_import_torch_at_import_time():
     import subprocess
     import sys
 
-    code = "import sys, dfcompress.synth.stats_command as m; assert 'torch' not in sys.modules; print(m.stats.name)"
+    code = "import sys, dfcompress.commands.stats as m; assert 'torch' not in sys.modules; print(m.stats.name)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "stats"
 
@@ -365,7 +365,7 @@ def test_iterations_below_one_are_refused(tiny_teacher):
 
 def test_synthesis_bar_advances_per_iteration_with_live_losses(tiny_teacher, tmp_path):
     from dfcompress.synth.deepinversion import DeepInversion
-    from dfcompress.synthesis import SynthesisProgress, open_writer, run_synthesis
+    from dfcompress.synth.driver import SynthesisProgress, open_writer, run_synthesis
 
     ctx = RunContext(quiet=False, log_every=2)
     synth = DeepInversion(DeepInversion.Config(iterations=3), ctx)

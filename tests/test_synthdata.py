@@ -5,7 +5,7 @@ import os
 import pytest
 import torch
 
-from dfcompress import synthdata
+from dfcompress.data import synthetic as synthdata
 from dfcompress.errors import DataError, DFCompressError
 from dfcompress.io import DirectoryLock
 

@@ -83,12 +83,14 @@ def load(teacher: str, device: str = "cpu"):
 
 
 def paper_iterations(spec: str) -> int | None:
-    """The default ``iterations`` of the synthesizer's options dataclass (None: not iterative)."""
+    """The default of the option the synthesizer declares as its iterations (None: not iterative)."""
     from dfcompress.plugins import get_registry
 
     cls = get_registry().get("synthesizers", spec.partition(":")[0])
+    if cls.iterations_option is None:  # a declared capability, not a guess from the option names
+        return None
     fields = {f.name: f for f in dataclasses.fields(cls.Config)}
-    return int(fields["iterations"].default) if "iterations" in fields else None
+    return int(fields[cls.iterations_option].default)
 
 
 def make_synth(spec: str, ctx, teacher, stats_path: str | None):
@@ -121,8 +123,8 @@ def timed(fn) -> tuple[float, float]:
 
 
 def run_iterations(synth, labels, ctx, n: int):
-    if any(f.name == "iterations" for f in dataclasses.fields(synth.config)):
-        synth.config = dataclasses.replace(synth.config, iterations=n)
+    if synth.iterations_option is not None:
+        synth.config = dataclasses.replace(synth.config, **{synth.iterations_option: n})
     return synth.synthesize_batch(labels, generator=ctx.generator(0))
 
 
@@ -172,7 +174,7 @@ def main(argv: list[str] | None = None) -> None:
     from dfcompress.context import RunContext
     from dfcompress.errors import DFCompressError
     from dfcompress.synth.labels import make_labels
-    from dfcompress.synth.stats import collect_stats
+    from dfcompress.synth.seeded_stats import collect_stats
 
     ctx = RunContext(log_every=10**9)
     try:

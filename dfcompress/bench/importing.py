@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from .. import synthdata
+from ..data import synthetic as synthdata
 from ..errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -18,7 +18,7 @@ SHARD_SIZE = 256
 
 
 def _loaders() -> tuple[Any, Any]:
-    from ..datasets import load_data
+    from ..data.real import load_data
     from ..models import load_teacher
 
     return load_data, load_teacher

@@ -127,6 +127,54 @@ def distill_table(frame: Any, notes: Notes) -> Any:
     return table
 
 
+WORK_PREFIX = "distill.work_images."
+
+
+def time_table(frame: Any, notes: Notes) -> Any:
+    """Time-budget cells (``--time-budget``): per method and task, the images made, seconds of synthesis and
+    training, the machine-independent work count and the top-1 (mean ± std over seeds)."""
+    import pandas as pd
+
+    if "distill.time_budget_s" not in frame:
+        return pd.DataFrame()
+    rows = frame[(frame["status"] == "ok") & frame["distill.time_budget_s"].notna()]
+    if rows.empty:
+        return pd.DataFrame()
+    work_columns = [c for c in rows.columns if c.startswith(WORK_PREFIX)]
+    out = []
+    for (method, task), sub in rows.groupby(["method", "task"], sort=False):
+        def mean(column: str) -> str:
+            values = [float(v) for v in sub[column].dropna()] if column in sub else []
+            return f"{statistics.mean(values):,.0f}" if values else ""
+
+        work = sub[work_columns].fillna(0).sum(axis=1) if work_columns else None
+        out.append({
+            "Method": notes.method(sub), "task": str(sub["task_label"].iloc[0]),
+            "schedule": str(sub["distill.schedule"].iloc[0]) if "distill.schedule" in sub else "",
+            "budget s": mean("distill.time_budget_s"), "images made": mean("distill.images"),
+            "synthesis s": mean("distill.synthesis_s"), "training s": mean("distill.training_s"),
+            "total s": mean("distill.total_s"),
+            "work (M images through a model)": f"{work.mean() / 1e6:.2f}" if work is not None else "",
+            "top-1 %": _fmt_runs([_pct(v) for v in sub["top1"]]),
+        })
+    return pd.DataFrame(out)
+
+
+def time_curves(frame: Any) -> dict[str, list[dict]]:
+    """The learning curves of the time-budget cells, by cell label (seed 0 of each method and task)."""
+    import json
+
+    if "distill.curve" not in frame:
+        return {}
+    rows = frame[(frame["status"] == "ok") & frame["distill.curve"].notna()]
+    curves = {}
+    for _, row in rows.iterrows():
+        label = f"{row['method_label']} ({row['task']})"
+        if label not in curves:
+            curves[label] = json.loads(row["distill.curve"])
+    return curves
+
+
 def prune_table(frame: Any, notes: Notes) -> Any:
     """Method x budget rows, one column per pruning ratio: top-1 % after fine-tuning."""
     import pandas as pd
@@ -283,6 +331,18 @@ def render(csv_paths: list[Path], out_dir: Path) -> dict[str, Path]:
             if png:
                 written[f"{suite}-distill"] = png
                 parts += [f"![student top-1 per method]({os.path.relpath(png, out_dir)})", ""]
+        notes = Notes(out_dir, csv_dir)
+        table = time_table(frame, notes)
+        if not table.empty:
+            from ..schedule import plot_curve
+
+            parts += ["### Time budget: synthesis + training within the same wall time", "",
+                      table.to_markdown(index=False, disable_numparse=True), "", *notes.markdown()]
+            png = plot_curve(time_curves(frame), out_dir / "plots" / f"{suite}-curves.png",
+                             title=f"{suite}: student top-1 against wall time")
+            if png:
+                written[f"{suite}-curves"] = png
+                parts += [f"![top-1 against minutes]({os.path.relpath(png, out_dir)})", ""]
         notes = Notes(out_dir, csv_dir)
         table = prune_table(frame, notes)
         if not table.empty:

@@ -3,7 +3,7 @@ from dfcompress import hookimpl
 
 @hookimpl
 def register_tasks(register):
-    register("dfcompress.tasks:DistillTask", name="distill",
+    register("dfcompress.tasks.distill:DistillTask", name="distill",
              summary="synthesize, distill a student from the teacher, evaluate")
-    register("dfcompress.tasks:PruneTask", name="prune",
+    register("dfcompress.tasks.prune:PruneTask", name="prune",
              summary="synthesize, prune the teacher, fine-tune it by distillation, evaluate")

@@ -1,6 +1,6 @@
 """Evaluation metrics: accuracy and agreement, model cost, synthetic-data quality, feature Frechet distance.
 
-:mod:`dfcompress.evaluate` re-exports the public functions for the pipeline."""
+:mod:`dfcompress.evaluation` re-exports the public functions with the evaluation the tasks run."""
 from .classification import accuracy, agreement, topk_accuracy
 from .cost import count_macs, count_params, disk_size, latency
 from .features import find_classifier, logits_and_features

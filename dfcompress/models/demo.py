@@ -110,7 +110,7 @@ def _augment(x: torch.Tensor, shift: int, generator: torch.Generator) -> torch.T
 
 
 def _digits_tensors(split: str) -> tuple[torch.Tensor, torch.Tensor]:
-    from ..datasets import DigitsSource
+    from ..data.real import DigitsSource
 
     data = DigitsSource().load(split, DEMO_INPUT)
     return DEMO_INPUT.normalize(data.images.float() / 255.0), data.labels

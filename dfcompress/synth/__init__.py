@@ -6,11 +6,13 @@ Shared parts (used by the synthesizers and by the driver):
 * :class:`~dfcompress.synth.bn_stats.BNStatistics` -- the DeepInversion BatchNorm-statistics regulariser;
 * :mod:`~dfcompress.synth.priors` -- total variation, l2 and the random jitter/flip;
 * :func:`~dfcompress.synth.pyramid.find_pyramid` -- the feature pyramid of a CNN teacher;
-* :mod:`~dfcompress.synth.stats` -- class-conditional statistics files for the ``seeded`` synthesizer.
+* :mod:`~dfcompress.synth.seeded_stats` -- class-conditional statistics files for the ``seeded`` synthesizer;
+* :mod:`~dfcompress.synth.driver` -- the synthesis driver: runs a synthesizer shard by shard into a resumable
+  data set on disk (:mod:`dfcompress.data.synthetic`).
 
 The synthesizer classes live in their own modules (``noise``, ``deepinversion``, ``natural``, ``seeded``)
 and are loaded lazily through the plugin registry. This package imports no torch by itself (the
-``stats`` CLI command lives here); ``make_labels`` is loaded on first access.
+``stats`` CLI command lives in :mod:`dfcompress.commands.stats`); ``make_labels`` is loaded on first access.
 """
 from __future__ import annotations
 

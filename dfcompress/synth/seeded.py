@@ -24,7 +24,7 @@ from ..components import SynthBatch, Teacher
 from ..errors import ConfigError
 from .inversion import InversionSynthesizer, finish_batch, image_terms, noise_pixels, optimise, term_weights, weighted_total
 from .priors import cpu_generator_from, jitter_flip
-from .stats import ClassStats, OutputCapture, class_conditional_loss
+from .seeded_stats import ClassStats, OutputCapture, class_conditional_loss
 
 logger = logging.getLogger(__name__)
 

@@ -1,9 +1,12 @@
-"""``dfcompress stats collect``: class-conditional statistics for the ``seeded`` synthesizer.
+"""``dfcompress stats collect``: class-conditional statistics for the ``seeded`` synthesizer
+(:mod:`dfcompress.synth.seeded_stats`), added through ``register_commands``.
 
 torch is imported inside the command so that ``dfcompress --help`` stays fast."""
 from __future__ import annotations
 
 import click
+
+from dfcompress import hookimpl
 
 
 @click.group("stats")
@@ -39,9 +42,9 @@ def collect(
 ) -> None:
     """Collect per-class mean/variance of the teacher's layer outputs on labelled images."""
     from ..context import resolve_device
-    from ..datasets import load_data
+    from ..data.real import load_data
     from ..models import load_teacher
-    from .stats import collect_stats
+    from ..synth.seeded_stats import collect_stats
 
     dev = resolve_device(device)
     teacher = load_teacher(teacher_spec, weights=weights, device=dev)
@@ -54,3 +57,8 @@ def collect(
     path = result.save(out_path)
     counts = ", ".join(f"{name}:{int(c)}" for name, c in zip(data.classes, result.counts))
     click.echo(f"wrote {path}: {len(result.layers)} layers, views per class {counts}")
+
+
+@hookimpl
+def register_commands(cli):
+    cli.add_command(stats)

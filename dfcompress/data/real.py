@@ -26,12 +26,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .components import InputSpec
-from .errors import DataError
-from .io import atomic_write, cache_dir
+from ..components import InputSpec
+from ..errors import DataError
+from ..io import atomic_write, cache_dir
 
 if TYPE_CHECKING:
-    from .registry import Registry
+    from ..registry import Registry
 
 logger = logging.getLogger(__name__)
 
@@ -434,7 +434,7 @@ def _looks_like_path(spec: str) -> bool:
 def resolve_data_source(spec: str, registry: Registry | None = None) -> tuple[DataSource, str]:
     """``source:arg`` (a registered data source) or a bare path (a folder) to (source, arg)."""
     if registry is None:
-        from .plugins import get_registry
+        from ..plugins import get_registry
 
         registry = get_registry()
     known = registry.names("datasets")

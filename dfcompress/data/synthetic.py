@@ -22,8 +22,8 @@ from typing import Any
 
 import torch
 
-from .errors import DataError
-from .io import atomic_write, atomic_write_text, sha256_file
+from ..errors import DataError
+from ..io import atomic_write, atomic_write_text, sha256_file
 
 logger = logging.getLogger(__name__)
 

@@ -179,7 +179,7 @@ class Run:
                 spec = default_eval_data(self.config.teacher)
             if spec is None:
                 return None
-            from .datasets import load_data
+            from .data.real import load_data
 
             with self.stage("load eval data"):
                 self._eval_data = load_data(spec, self.teacher.input, teacher=self.config.teacher)
@@ -187,8 +187,8 @@ class Run:
 
     def synthetic_data(self, synth: Any = None, student: nn.Module | None = None, directory: Path | None = None) -> Any:
         """The synthetic data set: ``--synthetic DIR`` when given, else synthesized into the run directory."""
-        from . import synthdata
-        from .synthesis import open_writer, run_synthesis
+        from .data import synthetic as synthdata
+        from .synth.driver import open_writer, run_synthesis
 
         if self.config.synthetic:
             data = synthdata.load(self.config.synthetic)

@@ -1,16 +1,15 @@
-"""Built-in commands ``bench``, ``leaderboard`` and ``data import``, added through ``register_commands``.
+"""Built-in commands ``bench`` and ``leaderboard`` (:mod:`dfcompress.bench`), added through ``register_commands``.
 
 Nothing heavy is imported here: torch, pandas and matplotlib are imported inside the commands."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
 
 from dfcompress import hookimpl
 
-CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
+from . import CONTEXT_SETTINGS
 
 
 def _assignments(items: tuple[str, ...]) -> dict[str, str]:
@@ -109,33 +108,7 @@ def leaderboard(suites, results, out_dir) -> None:
         click.echo(str(path))
 
 
-@click.command("import", context_settings=CONTEXT_SETTINGS)
-@click.argument("spec")
-@click.option("--per-class", type=int, required=True, help="images drawn from each class")
-@click.option("--seed", type=int, default=0, show_default=True, help="seed of the draw")
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="data set directory (re-run to resume)")
-@click.option("--teacher", default="demo", show_default=True, help="the teacher whose input size the images take")
-@click.option("--weights", help="teacher weights (default: the source's own)")
-@click.option("--trust-weights", is_flag=True, help="allow weights that need full unpickling (trusted files only)")
-@click.option("--json", "as_json", is_flag=True, help="print the summary as JSON")
-def import_(spec, per_class, seed, out, teacher, weights, trust_weights, as_json) -> None:
-    """Write real labelled images (e.g. cifar10:PATH:train) as a synthetic-format data set, for
-    `dfcompress run --synthetic DIR`: the "real images through the same recipe" reference."""
-    from dfcompress.bench.importing import import_real
-
-    summary = import_real(spec, out, per_class=per_class, seed=seed, teacher=teacher, weights=weights,
-                          trust_weights=trust_weights)
-    if as_json:
-        click.echo(json.dumps(summary, indent=1))
-        return
-    click.echo(f"{summary['images']} images of {summary['classes']} classes from {spec} in {out} "
-               f"(teacher accuracy on them {100 * summary['teacher_acc']:.1f} %)")
-
-
 @hookimpl
 def register_commands(cli):
     cli.add_command(bench)
     cli.add_command(leaderboard)
-    data = cli.commands.get("data")
-    if data is not None and isinstance(data, click.Group):
-        data.add_command(import_)

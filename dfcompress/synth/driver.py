@@ -9,10 +9,10 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .components import Synthesizer, Teacher
-from .context import RunContext
-from .errors import Interrupted
-from .synthdata import ShardPlan, SyntheticWriter
+from ..components import Synthesizer, Teacher
+from ..context import RunContext
+from ..data.synthetic import ShardPlan, SyntheticWriter
+from ..errors import Interrupted
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ def run_synthesis(
     Each shard draws its labels and every random number from its own seed. On SIGINT/SIGTERM the shard in
     progress is dropped and :class:`Interrupted` is raised; finished shards stay on disk. Unless ``ctx.quiet``,
     a progress bar advances per iteration (:class:`SynthesisProgress`, through ``ctx.on_step``)."""
-    from .synth import make_labels
+    from .labels import make_labels
 
     pending = writer.pending()[:max_shards]
     if not pending:
@@ -106,7 +106,7 @@ def run_synthesis(
 
 def synthesis_request(teacher: Teacher, synth: Synthesizer, labels: str) -> dict:
     """What defines a synthetic data set's content, for its manifest and resume check."""
-    from .options import as_dict
+    from ..options import as_dict
 
     return {
         "teacher": teacher.spec,

@@ -1,0 +1,120 @@
+"""Evaluation of a run's models and synthetic images: the functions the tasks call, and the measures of
+:mod:`dfcompress.metrics` they are built from (re-exported here)."""
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from .metrics import (
+    accuracy,
+    agreement,
+    count_macs,
+    count_params,
+    disk_size,
+    feature_frechet_distance,
+    find_classifier,
+    frechet_distance,
+    latency,
+    synthetic_quality,
+)
+
+if TYPE_CHECKING:
+    from .run import Run
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "accuracy", "agreement", "assess_synthetic", "count_macs", "count_params", "disk_size", "evaluate_model",
+    "feature_frechet_distance", "find_classifier", "frechet_distance", "latency", "save_student",
+    "synthetic_quality",
+]
+
+
+def evaluate_model(run: Run, name: str, model: nn.Module, *, compare_to_teacher: bool = False) -> dict[str, Any]:
+    """Size, MACs and CPU latency always; on real data (if any) top-1 (top-5 above 10 classes) and, with
+    ``compare_to_teacher``, top-1 agreement with the teacher. Each model sees the data once; the teacher's
+    predictions are computed once per run."""
+    from .metrics.classification import topk_accuracy
+
+    spec = run.teacher.input
+    model.eval()
+    result: dict[str, Any] = {
+        "params": count_params(model),
+        "macs": count_macs(model, spec),
+        "latency_b1_ms": round(1000 * latency(model, spec, batch_size=1), 3),
+        "latency_b64_ms": round(1000 * latency(model, spec, batch_size=64), 3),
+    }
+    data = run.eval_data
+    if data is not None:
+        logits = _eval_logits(run, model)
+        result.update(topk_accuracy(logits, data.labels, (1, 5) if logits.shape[1] > 10 else (1,)))
+        if compare_to_teacher:
+            teacher = run.cache.get("teacher_logits")
+            if teacher is None:
+                teacher = run.cache["teacher_logits"] = _eval_logits(run, run.teacher.model)
+            result["agreement"] = round(logits.argmax(1).eq(teacher.argmax(1)).float().mean().item(), 4)
+        elif model is run.teacher.model:
+            run.cache["teacher_logits"] = logits
+    run.metrics.setdefault("models", {})[name] = result
+    logger.info("%s: %s", name, result)
+    return result
+
+
+def _eval_logits(run: Run, model: nn.Module) -> torch.Tensor:
+    from .metrics.features import logits_and_features
+
+    logits, _ = logits_and_features(model, run.eval_data.images, run.teacher.input, device=run.ctx.device,
+                                    features=False)
+    return logits
+
+
+def assess_synthetic(run: Run, data: Any) -> None:
+    """Quality of the synthetic set, without real data and, when there is some, against it."""
+    with run.stage("assess synthetic"):
+        quality = synthetic_quality(run.teacher, data.images, data.labels, device=run.ctx.device)
+        real = run.eval_data
+        if real is not None:
+            quality["feature_fd"] = feature_frechet_distance(
+                run.teacher, data.images, real.images, device=run.ctx.device
+            )
+    quality["num_images"] = len(data)
+    run.metrics["synthetic"] = quality
+    _save_grid(run, data)
+
+
+def _save_grid(run: Run, data: Any, per_class: int = 8) -> None:
+    from torchvision.utils import save_image
+
+    picks = []
+    for c in range(run.teacher.input.num_classes):
+        idx = (data.labels == c).nonzero().flatten()[:per_class]
+        picks.append(idx)
+    idx = torch.cat(picks)
+    if idx.numel() == 0:
+        return
+    path = run.out_dir / "images" / "synthetic-grid.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_image(data.images[idx].float() / 255, str(path), nrow=per_class, padding=1)
+    run.artifacts["grid"] = str(path.relative_to(run.out_dir))
+
+
+def _record_size(run: Run, name: str, path: Any) -> None:
+    """The saved model's file size, and the teacher's weights file for comparison."""
+    models = run.metrics.setdefault("models", {})
+    models.setdefault(name, {})["size_mb"] = round(disk_size(path) / 1e6, 4)
+    if run.config.weights and "teacher" in models:
+        models["teacher"]["size_mb"] = round(disk_size(run.config.weights) / 1e6, 4)
+
+
+def save_student(run: Run, model: nn.Module, spec: str) -> str:
+    """Save a trained model as a state dict with its spec: it reloads as ``--teacher SPEC --weights FILE``."""
+    from .io import atomic_write
+
+    path = run.out_dir / "student.pt"
+    state = {"spec": spec, "input": run.teacher.input.as_dict(),
+             "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
+    return path.name

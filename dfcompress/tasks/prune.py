@@ -1,0 +1,89 @@
+"""The ``prune`` task: synthesize, prune the teacher, fine-tune it by distillation, evaluate."""
+from __future__ import annotations
+
+import copy
+import math
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+from torch import nn
+
+from ..components import Task
+from ..errors import ConfigError
+from ..evaluation import _record_size, assess_synthetic, evaluate_model
+from .training import scheduled_training
+
+if TYPE_CHECKING:
+    from ..run import Run
+
+
+def _train_copy(model: nn.Module) -> nn.Module:
+    """A trainable copy of a frozen model."""
+    model = copy.deepcopy(model)
+    for p in model.parameters():
+        p.requires_grad_(True)
+    return model
+
+
+class PruneTask(Task):
+    name = "prune"
+    summary = "synthesize, prune the teacher, fine-tune it by distillation, evaluate"
+    #: NaturalInversion's pruning study fine-tunes 20 epochs with SGD at lr 0.001
+    distill_defaults: ClassVar[dict] = {"epochs": 20, "lr": 0.001}
+
+    def run(self, run: Run) -> dict[str, Any]:
+        from ..schedule import choose_schedule
+
+        teacher = run.teacher
+        pruner = run.pruner()
+        distiller = run.distiller(self.distill_defaults)
+        synth = None if run.config.synthetic else run.synthesizer()
+        mode = choose_schedule(run.config, synth, distiller)
+        scheduled = mode == "online" or run.config.budget_seconds is not None
+        if scheduled and pruner.needs_data:
+            raise ConfigError(f"pruner {pruner.name} needs images before pruning, which an online or time-bounded run "
+                              "makes only while fine-tuning; use --schedule offline without --time-budget, or a "
+                              "data-free criterion (e.g. --pruner l1)")
+        data = None if scheduled else run.synthetic_data(synth)
+        if data is not None:
+            assess_synthetic(run, data)
+        model = _train_copy(teacher.model)
+        batches = None
+        if pruner.needs_data:
+            batches = list(_batches(run, data, batch_size=min(64, len(data)), limit=4))
+        with run.stage("prune"):
+            result = pruner.prune(model, teacher.input, ratio=run.config.ratio, ratio_of=run.config.ratio_of,
+                                  batches=batches)
+        pruned = result.model
+        run.metrics["prune"] = {"pruner": pruner.name, "ratio": run.config.ratio, "ratio_of": run.config.ratio_of,
+                                **result.as_dict()}
+        with run.stage("evaluate"):
+            evaluate_model(run, "teacher", teacher.model)
+            evaluate_model(run, "pruned", copy.deepcopy(pruned), compare_to_teacher=True)
+        pruned.train()
+        if scheduled:
+            data = scheduled_training(run, mode, synth, pruned, distiller, "distill")
+            assess_synthetic(run, data)
+        else:
+            with run.stage("fine-tune"):
+                run.metrics["distill"] = distiller.fit(pruned, teacher, data.images, data.labels,
+                                                       checkpoint=run.out_dir / "checkpoints" / "finetune.pt")
+        with run.stage("evaluate"):
+            evaluate_model(run, "final", pruned, compare_to_teacher=True)
+        from ..prune import save_pruned
+
+        path = run.out_dir / "pruned.pt"
+        save_pruned(pruned, path, arch=run.config.teacher, input_spec=teacher.input)
+        run.artifacts["model"] = path.name
+        _record_size(run, "final", path)
+        return run.metrics
+
+
+def _batches(run: Run, data: Any, *, batch_size: int, limit: int):
+    """Normalised (images, labels) batches of the synthetic set for data-driven pruning criteria."""
+    generator = torch.Generator().manual_seed(run.config.seed)
+    order = torch.randperm(len(data), generator=generator)
+    for i in range(min(limit, math.ceil(len(data) / batch_size))):
+        idx = order[i * batch_size:(i + 1) * batch_size]
+        images = run.teacher.input.normalize(data.images[idx].float().div(255)).to(run.ctx.device)
+        yield images, data.labels[idx].to(run.ctx.device)
