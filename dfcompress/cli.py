@@ -212,15 +212,37 @@ def synthesize(ctx: click.Context, synth_opt, out, export_png, **values) -> None
         click.echo(f"exported {n} PNG files to {export_png}")
 
 
+def _capabilities(registry: Any) -> dict[str, dict]:
+    """The declared capabilities of every synthesizer (loads the classes, so torch: only on request)."""
+    found = {}
+    for e in registry.list("synthesizers"):
+        try:
+            found[e.name] = registry.get("synthesizers", e.name).capabilities()
+        except DFCompressError as exc:
+            logger.warning("%s", exc)
+    return found
+
+
+CAPABILITY_FLAGS = {"uses_student": "student", "iterates": "iterates", "stateful": "stateful",
+                    "needs_batchnorm": "needs BN", "needs_guides": "needs guides"}
+
+
 @cli.command(context_settings=CONTEXT_SETTINGS)
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
-def plugins(as_json: bool) -> None:
+@click.option("--capabilities", "with_capabilities", is_flag=True,
+              help="also show what each synthesizer declares (uses the student, iterates, keeps state, needs "
+                   "BatchNorm or guide images, default schedule); loads the classes")
+def plugins(as_json: bool, with_capabilities: bool) -> None:
     """List every registered synthesizer, distiller, pruner, task, model source and data source."""
     from .registry import KINDS
 
     registry = _registry()
+    capabilities = _capabilities(registry) if with_capabilities else {}
     if as_json:
         data = {kind: [e.as_dict() for e in registry.list(kind)] for kind in KINDS}
+        for entry in data["synthesizers"]:
+            if entry["name"] in capabilities:
+                entry["capabilities"] = capabilities[entry["name"]]
         data["errors"] = [{"package": p, "error": m} for p, m in registry.errors]
         click.echo(json.dumps(data, indent=1))
         return
@@ -229,6 +251,11 @@ def plugins(as_json: bool) -> None:
         for e in registry.list(kind):
             alias = f" (alias {', '.join(e.aliases)})" if e.aliases else ""
             click.echo(f"  {e.name:<15} {e.summary}{alias}  [{e.package} {e.version}]")
+            if e.name in capabilities and kind == "synthesizers":
+                caps = capabilities[e.name]
+                flags = [text for key, text in CAPABILITY_FLAGS.items() if caps.get(key)]
+                click.echo(f"  {'':<15} {', '.join(flags) or 'no special needs'}; "
+                           f"default schedule {caps['default_schedule']}")
     for package, message in registry.errors:
         click.echo(f"broken plugin {package}: {message}", err=True)
 

@@ -610,3 +610,24 @@ def test_the_plugins_command_imports_no_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
     assert "  noise " in out.stdout and "  demo " in out.stdout
     assert out.stderr.strip().splitlines()[-1] == "False"
+
+
+def test_plugins_lists_the_declared_capabilities_on_request(capsys):
+    import json
+
+    from dfcompress.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["plugins", "--capabilities", "--json"])
+        raise SystemExit(0)
+    assert (exc.value.code or 0) == 0
+    data = json.loads(capsys.readouterr().out)
+    caps = {e["name"]: e.get("capabilities") for e in data["synthesizers"]}
+    assert caps["fast"]["stateful"] and caps["fast"]["default_schedule"] == "online"
+    assert caps["deepinversion"]["iterates"] and caps["deepinversion"]["needs_batchnorm"]
+    assert caps["seeded"]["needs_guides"] and not caps["noise"]["iterates"]
+    with pytest.raises(SystemExit):
+        main(["plugins", "--capabilities"])
+        raise SystemExit(0)
+    text = capsys.readouterr().out
+    assert "student, stateful, needs BN; default schedule online" in text
