@@ -72,6 +72,9 @@ class RunConfig:
     eval_data: Optional[str] = _opt(None, "real evaluation data: a folder, a .tar.gz, digits, cifar10:PATH")
     device: str = _opt("auto", "auto, cpu, cuda, cuda:N, mps")
     precision: str = _opt("32-true", "numeric precision", choices=("32-true", "bf16-mixed", "16-mixed"))
+    memory_format: str = _opt("auto", "memory layout of the models: channels_last (faster for conv nets on CPU and "
+                              "GPU), contiguous, or auto (channels_last for models with 2-d convolutions)",
+                              choices=("auto", "channels_last", "contiguous"))
     seed: int = _opt(0, "random seed (runs are reproducible on the same machine)")
     out: Optional[str] = _opt(None, "run directory (default: runs/<time>-<synth>-<task>)")
     synth_options: dict = field(default_factory=dict, metadata={"help": "synthesizer options (key=value)"})
@@ -119,7 +122,7 @@ SCALAR_FIELDS = [o for o in options_of(RunConfig) if o.name not in COMPONENT_TAB
 #: the run settings that decide a synthetic data set (the options of ``dfcompress synthesize``)
 SYNTHESIZE_FIELDS = [o for o in SCALAR_FIELDS if o.name in {
     "teacher", "weights", "trust_weights", "synth", "num_images", "batch_size", "labels", "iterations", "device",
-    "precision", "seed"}]
+    "precision", "memory_format", "seed"}]
 
 
 def read_config_file(path: str | Path) -> dict:

@@ -64,8 +64,8 @@ class Run:
         self.registry = registry
         self.out_dir = Path(out_dir or config.out or default_out_dir(config))
         self.ctx = RunContext(
-            device=resolve_device(config.device), precision=config.precision, seed=config.seed,
-            out_dir=self.out_dir, quiet=quiet,
+            device=resolve_device(config.device), precision=config.precision, memory_format=config.memory_format,
+            seed=config.seed, out_dir=self.out_dir, quiet=quiet,
         )
         self.metrics: dict[str, Any] = {}
         self.timings: dict[str, float] = {}
@@ -154,6 +154,7 @@ class Run:
                     self.config.teacher, weights=self.config.weights, trust_weights=self.config.trust_weights,
                     device=self.ctx.device,
                 )
+                self.ctx.layout(self._teacher.model)
         return self._teacher
 
     def build_model(self, spec: str) -> nn.Module:
@@ -166,7 +167,7 @@ class Run:
             raise ConfigError(
                 f"student {spec} takes {spec_input.channels} input channels, the teacher {self.teacher.input.channels}"
             )
-        return model.to(self.ctx.device)
+        return self.ctx.layout(model.to(self.ctx.device))
 
     @property
     def eval_data(self) -> Any:

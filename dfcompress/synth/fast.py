@@ -159,7 +159,7 @@ class FastSynthesizer(Synthesizer):
                 self.generator = FastGenerator(cfg.latent_dim, spec.channels, spec.image_size, cfg.generator_width)
             except ValueError as exc:
                 raise ConfigError(str(exc)) from None
-        self.generator.to(self.ctx.device).train()
+        self.ctx.layout(self.generator.to(self.ctx.device)).train()
         self.meta_optimizer = torch.optim.Adam(self.generator.parameters(), lr=self.lr_generator * cfg.g_steps,
                                                betas=(0.5, 0.999))
         self.bn_history: list[Any] = []
