@@ -166,9 +166,11 @@ def run(ctx: click.Context, config_file, resume, as_json, synth_opt, distill_opt
     from .report import summary_rows, text_table, write_report
 
     with Run(config, registry, quiet=ctx.obj["quiet"]) as run_:
+        task = task_cls(ctx=run_.ctx)
         with graceful_stop(run_.ctx):
             try:
-                metrics = task_cls(ctx=run_.ctx).run(run_)
+                task.check(run_)  # everything that can fail without work fails here, in seconds
+                metrics = task.run(run_)
             except Interrupted as exc:
                 exc.resume_hint = f"dfcompress run --resume {run_.out_dir}"
                 raise

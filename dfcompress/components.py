@@ -92,6 +92,10 @@ class Component:
         self.config = config if config is not None else self.Config()
         self.ctx = ctx if ctx is not None else RunContext()
 
+    def check_options(self) -> None:
+        """Raise a ConfigError for option values out of range. ``dfcompress run`` calls it before any work, so
+        that a bad value fails in seconds rather than after synthesis; the default accepts everything."""
+
 
 SCHEDULES = ("offline", "online")
 
@@ -253,6 +257,12 @@ class Pruner(Component, abc.ABC):
 
 class Task(Component, abc.ABC):
     """A pipeline run by ``dfcompress run --task NAME`` (synthesize, compress, evaluate, report)."""
+
+    def check(self, run: Any) -> None:
+        """Everything that can be checked without synthesizing or training (inputs, the options of the components
+        this task will use); ``dfcompress run`` calls it before :meth:`run`. The default checks the teacher, the
+        eval data and the synthetic-data settings (:meth:`dfcompress.run.Run.check_before_work`)."""
+        run.check_before_work()
 
     @abc.abstractmethod
     def run(self, run: Any) -> dict[str, Any]:

@@ -45,6 +45,10 @@ class RunConfig:
     teacher: str = _opt("demo", "teacher model spec: demo, cifar:resnet56, timm:resnet18, torchvision:resnet18")
     weights: Optional[str] = _opt(None, "teacher weights (.pt/.pth/.th state dict or .safetensors)")
     trust_weights: bool = _opt(False, "allow a weights file that needs full unpickling (runs code: trusted files only)")
+    num_classes: Optional[int] = _opt(None, "classes of the teacher (and student) for model specs whose source allows "
+                                      "it, e.g. timm/torchvision specs with a 10-class head (default: the source's)")
+    image_size: Optional[int] = _opt(None, "input height = width of the teacher (and student) in pixels, for sources "
+                                     "that allow it (default: the source's)")
     task: str = _opt("prune", "what to do with the synthetic images (see `dfcompress plugins`)")
     synth: str = _opt("natural", "synthesizer (model inversion method)")
     student: Optional[str] = _opt(None, "student model spec for --task distill (default: the teacher's architecture)")
@@ -84,6 +88,10 @@ class RunConfig:
     def __post_init__(self) -> None:
         if not 0.0 < self.ratio < 1.0:
             raise ConfigError(f"--ratio must be in (0, 1), got {self.ratio}")
+        if self.num_classes is not None and self.num_classes < 2:
+            raise ConfigError(f"--num-classes must be at least 2, got {self.num_classes}")
+        if self.image_size is not None and self.image_size < 8:
+            raise ConfigError(f"--image-size must be at least 8 pixels, got {self.image_size}")
         if self.num_images < 1:
             raise ConfigError(f"--num-images must be at least 1, got {self.num_images}")
         if self.batch_size < 1:
@@ -121,7 +129,7 @@ class RunConfig:
 SCALAR_FIELDS = [o for o in options_of(RunConfig) if o.name not in COMPONENT_TABLES]
 #: the run settings that decide a synthetic data set (the options of ``dfcompress synthesize``)
 SYNTHESIZE_FIELDS = [o for o in SCALAR_FIELDS if o.name in {
-    "teacher", "weights", "trust_weights", "synth", "num_images", "batch_size", "labels", "iterations", "device",
+    "teacher", "weights", "trust_weights", "num_classes", "image_size", "synth", "num_images", "batch_size", "labels", "iterations", "device",
     "precision", "memory_format", "seed"}]
 
 

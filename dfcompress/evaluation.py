@@ -76,7 +76,7 @@ def assess_synthetic(run: Run, data: Any) -> None:
     with run.stage("assess synthetic"):
         quality = synthetic_quality(run.teacher, data.images, data.labels, device=run.ctx.device)
         real = run.eval_data
-        if real is not None:
+        if real is not None and len(data) >= 2:  # a Frechet distance needs two images per set
             quality["feature_fd"] = feature_frechet_distance(
                 run.teacher, data.images, real.images, device=run.ctx.device
             )
@@ -105,7 +105,9 @@ def _record_size(run: Run, name: str, path: Any) -> None:
     """The saved model's file size, and the teacher's weights file for comparison."""
     models = run.metrics.setdefault("models", {})
     models.setdefault(name, {})["size_mb"] = round(disk_size(path) / 1e6, 4)
-    if run.config.weights and "teacher" in models:
+    from .models.base import RANDOM_WEIGHTS
+
+    if run.config.weights and run.config.weights != RANDOM_WEIGHTS and "teacher" in models:
         models["teacher"]["size_mb"] = round(disk_size(run.config.weights) / 1e6, 4)
 
 

@@ -44,10 +44,19 @@ def strict() -> bool:
     return os.environ.get("DFCOMPRESS_STRICT_PLUGINS", "") not in ("", "0", "false")
 
 
+#: (package, message) of the broken plugins already warned about in this process: one warning each per command,
+#: however often the registry is built
+_WARNED: set[tuple[str, str]] = set()
+
+
 def _fail(package: str, message: str, errors: list) -> None:
     if strict():
         raise DFCompressError(f"plugin {package}: {message} (DFCOMPRESS_STRICT_PLUGINS is set)")
-    logger.warning("skipping plugin %s: %s", package, message)
+    if (package, message) not in _WARNED:
+        _WARNED.add((package, message))
+        logger.warning("skipping plugin %s: %s", package, message)
+    else:
+        logger.debug("skipping plugin %s: %s", package, message)
     errors.append((package, message))
 
 

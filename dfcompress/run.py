@@ -56,6 +56,31 @@ def environment() -> dict:
     }
 
 
+#: what a run directory holds before any stage has finished
+RUN_BOOKKEEPING = frozenset({"config.toml", "env.json", "log.txt", ".lock"})
+
+
+def _settings(config_toml: str) -> list[str]:
+    """The lines of a config.toml without its top-level ``out`` (the same run, however its directory is spelled)."""
+    lines, top = [], True
+    for line in config_toml.splitlines():
+        top = top and not line.lstrip().startswith("[")
+        if not (top and line.partition("=")[0].strip() == "out"):
+            lines.append(line)
+    return lines
+
+
+def same_request(previous_toml: str, current_toml: str) -> bool:
+    """Whether two config.toml texts ask for the same run (``out`` aside: relative, absolute, trailing slash, or
+    the default directory that a first run did not name)."""
+    return _settings(previous_toml) == _settings(current_toml)
+
+
+def finished_nothing(directory: Path) -> bool:
+    """Whether a run directory holds only the bookkeeping of a run that failed before finishing any stage."""
+    return all(p.name in RUN_BOOKKEEPING or (p.is_dir() and not any(p.iterdir())) for p in directory.iterdir())
+
+
 class Run:
     """Everything a task needs: config, context (device, seed), registry, run directory, teacher, metrics."""
 
@@ -82,7 +107,7 @@ class Run:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self._lock.acquire()
         previous = self.out_dir / "config.toml"
-        if previous.exists() and previous.read_text(encoding="utf-8") != self.config.to_toml():
+        if previous.exists() and not same_request(previous.read_text(encoding="utf-8"), self.config.to_toml()):
             self._lock.release()
             raise DFCompressError(
                 f"{self.out_dir} holds another run (its config.toml differs); continue it with "
@@ -97,10 +122,14 @@ class Run:
         logger.info("run %s: %s", self.out_dir, json.dumps(self.config.to_dict(), default=str))
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: type | None, *exc: object) -> None:
         if self._log_handler is not None:
             logging.getLogger("dfcompress").removeHandler(self._log_handler)
             self._log_handler.close()
+        if exc_type is not None and issubclass(exc_type, DFCompressError) and finished_nothing(self.out_dir):
+            # bad input found before any stage finished: leave the directory free for the corrected command
+            for name in ("config.toml", "env.json"):
+                (self.out_dir / name).unlink(missing_ok=True)
         self._lock.release()
 
     @contextlib.contextmanager
@@ -134,6 +163,34 @@ class Run:
                 logger.info("synthesizer %s does not iterate; --iterations is not used", self.config.synth)
         return self.component("synthesizers", self.config.synth, {**overrides, **self.config.synth_options})
 
+    def check_before_work(self, *, distill_defaults: dict | None = None, pruner: bool = False) -> None:
+        """Fail in seconds on what can be checked before any synthesis or training: the teacher and its weights,
+        the eval data (readable, the teacher's class count), the synthetic-data source (a data set directory, or
+        the synthesizer's options, its declared needs and an image count that can be trained on), and the
+        options of the distiller (with the task's ``distill_defaults``) and, with ``pruner``, the pruner."""
+        from .synth.inversion import require_batchnorm
+
+        cfg = self.config
+        teacher = self.teacher
+        if cfg.synthetic is not None:
+            from .data.synthetic import read_manifest
+
+            read_manifest(Path(cfg.synthetic))
+        else:
+            synth = self.synthesizer()
+            synth.check_options()
+            if synth.needs_batchnorm:
+                require_batchnorm(teacher, synth.name)
+            option = synth.iterations_option
+            if option is not None and getattr(synth.config, option) < 1:
+                raise ConfigError(f"{synth.name}: {option} must be at least 1, got {getattr(synth.config, option)}")
+            if cfg.num_images < 2:
+                raise ConfigError(f"--num-images must be at least 2 to train on, got {cfg.num_images}")
+        self.distiller(distill_defaults).check_options()
+        if pruner:
+            self.pruner().check_options()
+        _ = self.eval_data
+
     def distiller(self, defaults: dict | None = None) -> Any:
         options = dict(self.config.distill_options)
         if self.config.epochs is not None:
@@ -152,7 +209,7 @@ class Run:
             with self.stage("load teacher"):
                 self._teacher = load_teacher(
                     self.config.teacher, weights=self.config.weights, trust_weights=self.config.trust_weights,
-                    device=self.ctx.device,
+                    device=self.ctx.device, num_classes=self.config.num_classes, image_size=self.config.image_size,
                 )
                 self.ctx.layout(self._teacher.model)
         return self._teacher

@@ -20,8 +20,6 @@ import copy
 import dataclasses
 import inspect
 import logging
-import math
-import numbers
 import re
 import typing
 from collections.abc import Iterable, Mapping
@@ -43,6 +41,7 @@ from .components import (
     Teacher,
 )
 from .context import RunContext
+from .synth.contract import batch_problems, metric_problems
 from .options import as_dict, build, options_of
 
 logger = logging.getLogger(__name__)
@@ -261,39 +260,6 @@ def _call(cls: type, what: str, fn: Any, *args: Any, hint: str = "", **kwargs: A
         raise ContractError(f"{_label(cls)}: {what} raised {type(exc).__name__}: {exc}{hint}") from exc
 
 
-def _metric_problems(metrics: Any, what: str) -> list[str]:
-    if not isinstance(metrics, dict):
-        return [f"{what} must be a dict of floats, got {type(metrics).__name__}"]
-    bad = {k: v for k, v in metrics.items()
-           if not isinstance(k, str) or isinstance(v, bool) or not isinstance(v, numbers.Real)
-           or not math.isfinite(float(v))}
-    return [f"{what} must map names to finite floats; bad entries: {bad!r}"] if bad else []
-
-
-def _batch_problems(batch: Any, labels: torch.Tensor, spec: InputSpec, what: str) -> list[str]:
-    if not isinstance(batch, SynthBatch):
-        return [f"{what} must return a dfcompress.components.SynthBatch, got {type(batch).__name__}"]
-    images, problems = batch.images, []
-    want = (labels.numel(), spec.channels, *spec.image_size)
-    if not isinstance(images, torch.Tensor):
-        return [f"{what}: images must be a tensor, got {type(images).__name__}"]
-    if tuple(images.shape) != want:
-        problems.append(f"{what}: images have shape {tuple(images.shape)}, expected N x C x H x W = {want}")
-    if not images.is_floating_point():
-        problems.append(f"{what}: images must be float pixels in [0, 1], got dtype {images.dtype}")
-    elif images.numel() and not (torch.isfinite(images).all() and images.min() >= 0 and images.max() <= 1):
-        problems.append(f"{what}: images must lie in [0, 1] (pixel space; use teacher.input.denormalize(x)"
-                        f".clamp(0, 1)), got [{float(images.min()):.4g}, {float(images.max()):.4g}]")
-    if images.device.type != "cpu":
-        problems.append(f"{what}: images must be on the CPU, got {images.device}")
-    got = batch.labels
-    if not isinstance(got, torch.Tensor) or got.dtype != torch.long or got.device.type != "cpu":
-        problems.append(f"{what}: labels must be a CPU long tensor, got {got!r:.80}")
-    elif got.tolist() != labels.tolist():
-        problems.append(f"{what}: labels {got.tolist()} differ from the requested {labels.tolist()}")
-    return problems + _metric_problems(batch.metrics, f"{what}: metrics")
-
-
 def _hooks_left(model: nn.Module) -> list[str]:
     return [name or type(model).__name__ for name, m in model.named_modules()
             if m._forward_hooks or m._forward_pre_hooks or m._backward_hooks]
@@ -345,7 +311,7 @@ def check_synthesizer(
         what = f"synthesize_batch(seed {seed}{', with a student' if student is not None else ''})"
         result = _call(cls, what, synth.synthesize_batch, labels.clone(), generator=ctx.generator(seed),
                        student=student)
-        _fail(cls, _batch_problems(result, labels, teacher.input, what))
+        _fail(cls, batch_problems(result, labels, teacher.input, what))
         return result
 
     problems = []
@@ -414,7 +380,7 @@ def check_distiller(cls: type, options: Mapping[str, Any] | None = None, *, imag
     labels = torch.arange(images) % teacher.input.num_classes
     kept = (pixels.clone(), labels.clone(), _snapshot(teacher.model), _snapshot(student))
     metrics = _call(cls, "fit()", distiller.fit, student, teacher, pixels, labels)
-    problems = _metric_problems(metrics, "fit()")
+    problems = metric_problems(metrics, "fit()")
     if not _changed(student, kept[3]):
         problems.append("fit() did not change the student's weights")
     if _changed(teacher.model, kept[2]) or teacher.model.training:

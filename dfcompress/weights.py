@@ -34,11 +34,34 @@ def _truncated(path: Path, exc: BaseException) -> WeightsError:
     )
 
 
+#: file signatures of what people give as weights by mistake
+NOT_WEIGHTS = {b"\x89PNG": "a PNG image", b"\xff\xd8\xff": "a JPEG image", b"GIF8": "a GIF image",
+               b"\x1f\x8b": "a gzip archive", b"%PDF": "a PDF document", b"{": "a JSON or text file",
+               b"<": "an HTML or XML file"}
+#: what the weights-only unpickler says about a well-formed pickle that needs globals (a full pickle)
+FULL_PICKLE_MARKERS = ("Unsupported global", "Unsupported operand", "was not an allowed global")
+
+
+def _not_weights(path: Path) -> WeightsError | None:
+    """An error for a file that cannot be a PyTorch weights file (neither a zip archive nor a pickle), else None."""
+    with open(path, "rb") as handle:
+        head = handle.read(8)
+    if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":  # torch.save's zip format, or a pickle (protocol 2+)
+        return None
+    kind = next((what for magic, what in NOT_WEIGHTS.items() if head.startswith(magic)), None)
+    what = f"is {kind}, not a weights file" if kind else "is not a weights file (neither a torch.save archive nor a pickle)"
+    return WeightsError(f"weights file {path} {what}: give a state dict saved with torch.save (.pt/.pth/.th) "
+                        f"or a .safetensors file")
+
+
 def _load_torch(path: Path, trust: bool) -> Any:
+    bad = _not_weights(path)
+    if bad is not None:
+        raise bad
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        if "Weights only load failed" not in str(exc):
+        if not any(marker in str(exc) for marker in FULL_PICKLE_MARKERS):
             raise _truncated(path, exc) from exc
         if not trust:
             raise WeightsError(
@@ -171,7 +194,7 @@ def apply_state_dict(
         if unexpected:
             parts.append(f"unexpected {_listing(unexpected)}")
         if shapes:
-            hint = " (use --num-classes?)" if len(shapes) <= 2 else ""
+            hint = " (another class count? set it with --num-classes N)" if len(shapes) <= 2 else ""
             parts.append(f"shape of {_listing(shapes)}{hint}")
         raise WeightsError(f"weights file {path} does not fit {spec}: " + "; ".join(parts))
     try:

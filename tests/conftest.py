@@ -16,9 +16,11 @@ def _isolated_env(monkeypatch, tmp_path_factory):
     third-party plugins unless it asks for them."""
     monkeypatch.setenv("DFCOMPRESS_LOAD_PLUGINS", os.environ.get("DFCOMPRESS_TEST_LOAD_PLUGINS", ""))
     monkeypatch.setenv("DFCOMPRESS_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+    from dfcompress import plugins
     from dfcompress.plugins import get_registry
 
     get_registry.cache_clear()
+    plugins._WARNED.clear()  # each test sees the one warning per broken plugin
     yield
     get_registry.cache_clear()
 

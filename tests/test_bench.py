@@ -957,3 +957,39 @@ def test_leaderboard_time_budget_table_and_learning_curves(tmp_path):
     png = plot_curve(curves, tmp_path / "c.png")
     assert png is not None and png.read_bytes()[:4] == b"\x89PNG"
     assert plot_curve({"x": []}, tmp_path / "none.png") is None
+
+
+def test_a_finished_cell_whose_suite_settings_changed_is_reported_stale(tmp_path):
+    """A finished cell keeps its results, but the plan says they are stale when the suite now gives it another
+    command (here: another learning rate), so that a changed suite never passes old numbers off as new."""
+    from dfcompress.bench.launch import shell_line
+    from dfcompress.bench.runner import Runner
+
+    def suite_file(lr: str) -> Path:
+        path = tmp_path / "s.toml"
+        path.write_text(f"""
+[suite]
+name = "stale"
+seeds = [0]
+[run]
+num_images = 16
+[run.distill_options]
+lr = {lr}
+[methods.noise]
+synth = "noise"
+[tasks.distill]
+task = "distill"
+""")
+        return path
+
+    runner = Runner(load_suite(suite_file("0.05"), root=tmp_path), results_dir=tmp_path / "results")
+    (plan,) = runner.plan()
+    out = runner.cell_dir(plan.cell)
+    out.mkdir(parents=True)
+    (out / "metrics.json").write_text("{}")
+    (out / "bench.json").write_text(json.dumps({"command": shell_line(["dfcompress", *plan.argv])}))
+    (done,) = runner.plan()
+    assert done.status == "done" and done.reason == ""
+    runner = Runner(load_suite(suite_file("0.1"), root=tmp_path), results_dir=tmp_path / "results")
+    (changed,) = runner.plan()
+    assert changed.status == "done" and changed.reason.startswith("stale:")

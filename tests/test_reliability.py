@@ -201,3 +201,129 @@ def test_corrupt_shard_is_named_by_data_verify_and_on_read(capsys, tmp_path):
     assert "shard-00001" in capsys.readouterr().out
     line = one_line_error(capsys, "run", "--synthetic", str(d), "--out", str(tmp_path / "r"))
     assert "shard-00001" in line and "corrupt" in line
+
+
+# -- issue 17: bad input caught before work, weights files told apart, resume that resumes ---------------------
+def test_a_png_or_random_bytes_as_weights_is_not_called_a_pickle(capsys, tmp_path):
+    from PIL import Image
+
+    png = tmp_path / "photo.pt"
+    Image.new("RGB", (4, 4)).save(png, format="PNG")
+    line = one_line_error(capsys, "run", "--teacher", "cifar:resnet20", "--weights", str(png), "--out", str(tmp_path / "a"))
+    assert "PNG image" in line and "trust-weights" not in line
+    noise = tmp_path / "noise.pth"
+    noise.write_bytes(bytes(range(7, 256)) * 40)
+    line = one_line_error(capsys, "run", "--teacher", "cifar:resnet20", "--weights", str(noise), "--out", str(tmp_path / "b"))
+    assert "not a weights file" in line and "trust-weights" not in line
+
+
+def test_class_count_mismatch_names_a_flag_that_exists(capsys, tmp_path):
+    from dfcompress.models.cifar_resnet import cifar_resnet
+
+    path = tmp_path / "r20-100.pt"
+    torch.save(cifar_resnet("resnet20", num_classes=100).state_dict(), path)
+    line = one_line_error(capsys, "run", "--teacher", "cifar:resnet20", "--weights", str(path), "--out", str(tmp_path / "r"))
+    assert "--num-classes" in line
+    # ... and the flag does what the hint says: the teacher gets 100 classes (checked up to the eval data, which
+    # has 10 and is refused before any work)
+    line = one_line_error(capsys, "run", "--teacher", "cifar:resnet20", "--weights", str(path), "--num-classes", "100",
+                          "--synth", "noise", "--eval-data", "digits", "--out", str(tmp_path / "r2"))
+    assert "100" in line and "10 classes" in line
+
+
+def test_num_classes_and_image_size_reach_the_teacher(tmp_path):
+    from dfcompress.config import RunConfig
+    from dfcompress.plugins import get_registry
+    from dfcompress.run import Run
+
+    config = RunConfig(teacher="timm:test_resnet", weights="random", num_classes=7, image_size=40, out=str(tmp_path / "r"))
+    with Run(config, get_registry(), quiet=True) as run:
+        assert run.teacher.input.num_classes == 7 and run.teacher.input.image_size == (40, 40)
+        assert run.teacher.model(torch.zeros(1, 3, 40, 40)).shape == (1, 7)
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--task", "distill", "--epochs", "0"], "epochs must be >= 1"),
+    (["--task", "distill", "--num-images", "1"], "--num-images must be at least 2"),
+    (["--task", "distill", "-s", "iterations=0", "--synth", "deepinversion"], "iterations must be at least 1"),
+])
+def test_bad_counts_fail_before_any_work(capsys, tmp_path, args, words):
+    from dfcompress.models import load_teacher
+
+    load_teacher("demo")  # the demo teacher trains on first use: not part of what is timed
+    out = tmp_path / "r"
+    start = time.perf_counter()
+    code = cli("run", "--synth", "noise", *args, "--out", str(out))
+    err = capsys.readouterr().err
+    assert code == 2 and len([x for x in err.splitlines() if x.strip()]) == 1, err
+    assert time.perf_counter() - start < 5
+    if words:
+        assert words in err
+    assert not (out / "synthetic").exists() or not any((out / "synthetic").iterdir())
+
+
+def test_weights_random_runs_to_the_end_with_a_report(tmp_path):
+    out = tmp_path / "r"
+    assert cli("run", "--teacher", "cifar:resnet20", "--weights", "random", "--synth", "noise", "--task", "distill",
+               "--num-images", "16", "--batch-size", "16", "--epochs", "1", "--out", str(out)) == 0
+    assert (out / "report.md").is_file()
+
+
+def test_a_run_that_failed_at_start_leaves_its_directory_to_the_corrected_command(capsys, tmp_path):
+    out = tmp_path / "r"
+    assert cli("run", "--synth", "noise", "--weights", str(tmp_path / "missing.pt"), "--out", str(out)) == 2
+    capsys.readouterr()
+    assert cli("run", "--synth", "noise", "--task", "distill", "--num-images", "16", "--batch-size", "16",
+               "--epochs", "1", "--out", str(out)) == 0
+
+
+def test_resume_accepts_any_spelling_of_the_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    args = ["run", "--synth", "noise", "--task", "distill", "--num-images", "16", "--batch-size", "16", "--epochs", "1"]
+    assert cli(*args) == 0  # the default directory, runs/<time>-noise-distill
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    for spelling in (f"runs/{run_dir.name}/", str(run_dir), f"./runs/{run_dir.name}"):
+        assert cli("run", "--resume", spelling) == 0, spelling
+
+
+@pytest.mark.slow
+def test_the_resume_hint_printed_after_ctrl_c_finishes_the_run(tmp_path):
+    """Interrupt a run that uses the default directory, then run exactly the command the CLI printed."""
+    import shlex
+
+    proc = subprocess.Popen([sys.executable, "-m", "dfcompress", "-q", "run", "--synth", "deepinversion", "-s",
+                             "iterations=40", "--task", "distill", "--num-images", "64", "--batch-size", "32",
+                             "--epochs", "1", "--device", "cpu"],
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for(lambda: any((tmp_path / "runs").glob("*/.lock")) if (tmp_path / "runs").exists() else False, proc)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    hint = next(line.split("resume with:", 1)[1].strip() for line in err.splitlines() if "resume with:" in line)
+    argv = shlex.split(hint)
+    assert argv[0] == "dfcompress"
+    done = subprocess.run([sys.executable, "-m", "dfcompress", "-q", *argv[1:]], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    assert (run_dir / "metrics.json").is_file()
+
+
+def test_the_driver_refuses_a_batch_that_breaks_the_contract_naming_the_plugin(tiny_teacher, tmp_path):
+    from dfcompress.components import SynthBatch, Synthesizer
+    from dfcompress.context import RunContext
+    from dfcompress.errors import PluginError
+    from dfcompress.synth.driver import open_writer, run_synthesis
+
+    class TooBright(Synthesizer):
+        name = "toobright"
+
+        def synthesize_batch(self, labels, *, generator, student=None):
+            return SynthBatch(images=torch.full((len(labels), 3, 32, 32), 255.0), labels=labels.cpu().long())
+
+    synth = TooBright()
+    writer = open_writer(tmp_path / "d", tiny_teacher, synth, num_images=8, batch_size=8, seed=0, labels="balanced")
+    with pytest.raises(PluginError, match=r"toobright.*TooBright.*\[0, 1\]"):
+        run_synthesis(synth, tiny_teacher, writer, RunContext())
+    assert not list((tmp_path / "d").glob("shard-*"))

@@ -12,7 +12,7 @@ from ..config import make_run_config
 from ..errors import DFCompressError
 from .calibrate import Calibrator
 from .capabilities import registry_or_default, wants_student
-from .launch import current_cli, run_args, validate_command
+from .launch import current_cli, run_args, shell_line, validate_command
 from .suite import Cell
 from .workspace import Workspace
 
@@ -105,6 +105,8 @@ class Planner:
                 p.budget_info = stored.get("budget", {})
             elif p.status != "skip" or validate:
                 p.iterations, p.iterations_rule, p.budget_info = self.calibrator.iterations(cell, measure=measure)
+            if p.status == "done":
+                p.reason = self.staleness(cell, stored, p.iterations)
             if p.status == "run":
                 config = self.ws.cell_config(cell)
                 if p.iterations is not None:
@@ -116,6 +118,21 @@ class Planner:
                 p.problems = self.validate(cell, p.iterations)
             plans.append(p)
         return plans
+
+    def staleness(self, cell: Cell, stored: dict, iterations: int | None) -> str:
+        """'' when a finished cell ran the command the suite gives it now, else why its results are stale (they
+        are kept: a finished cell is never re-run by itself)."""
+        recorded = stored.get("command")
+        if not recorded:
+            return ""
+        config = self.ws.cell_config(cell)
+        if iterations is not None:
+            config["iterations"] = iterations
+        now = shell_line(["dfcompress", "run", *run_args(config, self.ws.rel(self.ws.cell_dir(cell)))])
+        if now == recorded:
+            return ""
+        return (f"stale: the suite's settings for this cell changed since it ran; its results are kept (delete "
+                f"{self.ws.rel(self.ws.cell_dir(cell))} to run it again)")
 
     def validate(self, cell: Cell, iterations: int | None) -> list[str]:
         """Problems that would make ``cell`` fail at once (bad config, unknown component or option)."""

@@ -73,6 +73,10 @@ class Runner:
         for cell in cells:
             if (self.cell_dir(cell) / "metrics.json").is_file():
                 outcome[cell.id] = "ok"
+                stored = self.workspace.stored_bench(cell)
+                stale = self.planner.staleness(cell, stored, stored.get("iterations"))
+                if stale:
+                    logger.warning("%s: %s", cell.id, stale)
                 continue
             problem = self._blocker(cell, prereqs, outcome)
             if problem:

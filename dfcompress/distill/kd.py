@@ -75,9 +75,9 @@ class KnowledgeDistillation(Distiller):
             raise DataError(f"kd needs at least 2 uint8 N x C x H x W images, got {images.dtype} {tuple(images.shape)}")
         if len(labels) != len(images):
             raise DataError(f"kd: {len(images)} images but {len(labels)} labels")
-        self._check_options()
+        self.check_options()
 
-    def _check_options(self) -> None:
+    def check_options(self) -> None:
         cfg = self.config
         problems = [
             (cfg.temperature > 0, "temperature must be > 0"),
@@ -233,7 +233,7 @@ class OnlineKD:
 
     def __init__(self, distiller: KnowledgeDistillation, student: nn.Module, teacher: Teacher) -> None:
         cfg = distiller.config
-        distiller._check_options()
+        distiller.check_options()
         self.distiller, self.student, self.teacher = distiller, student, teacher
         self.optimizer = distiller.make_optimizer(student)
         self.scaler = distiller.ctx.grad_scaler()

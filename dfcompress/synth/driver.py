@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -12,7 +12,7 @@ from torch import nn
 from ..components import Synthesizer, Teacher
 from ..context import RunContext
 from ..data.synthetic import ShardPlan, SyntheticWriter
-from ..errors import Interrupted
+from ..errors import Interrupted, PluginError
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +51,19 @@ class SynthesisProgress:
         self.bar.close()
 
 
+def check_batch(synth: Synthesizer, batch: Any, targets: torch.Tensor, teacher: Teacher) -> None:
+    """Refuse, before it is written, a batch that breaks the contract (:mod:`dfcompress.synth.contract`: shape,
+    dtype, pixels in [0, 1], the requested labels, CPU tensors, finite metrics), naming the synthesizer's class."""
+    from .contract import batch_problems
+
+    problems = batch_problems(batch, targets.cpu(), teacher.input, "synthesize_batch()")
+    if problems:
+        cls = type(synth)
+        more = f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
+        raise PluginError(f"synthesizer '{synth.name}' ({cls.__module__}.{cls.__qualname__}) broke its contract: "
+                          f"{problems[0]}{more}; nothing of this batch was written")
+
+
 def run_synthesis(
     synth: Synthesizer,
     teacher: Teacher,
@@ -86,6 +99,7 @@ def run_synthesis(
             batch = synth.synthesize_batch(targets, generator=generator, student=student)
             if ctx.stop_requested:
                 raise Interrupted(f"synthesis interrupted during shard {plan.index}; {plan.index} shard(s) kept")
+            check_batch(synth, batch, targets, teacher)
             metrics = dict(batch.metrics)
             metrics.setdefault("seconds", time.perf_counter() - start)
             confidence = teacher_confidence(teacher, batch.images, batch.labels, ctx.device)

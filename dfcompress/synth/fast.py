@@ -58,6 +58,11 @@ def paper_learning_rates(g_steps: int) -> tuple[float, float]:
     return PAPER_LEARNING_RATES[nearest]
 
 
+def _finite_grads(model: nn.Module) -> bool:
+    """Whether every gradient of ``model`` is finite (float16 steps whose scaled loss overflowed are skipped)."""
+    return all(bool(torch.isfinite(p.grad).all()) for p in model.parameters() if p.grad is not None)
+
+
 def masked_adversarial_kl(teacher_logits: torch.Tensor, student_logits: torch.Tensor) -> torch.Tensor:
     """L_adv = -mean_i m_i KL(p_T(x_i) || p_S(x_i)), m_i = 1 where teacher and student predict the same class.
 
@@ -164,12 +169,15 @@ class FastSynthesizer(Synthesizer):
                                                betas=(0.5, 0.999))
         self.bn_history: list[Any] = []
         self.batches = 0
+        #: one gradient scaler for the whole run (float16 only): with 2-10 inner steps a batch, a scaler per batch
+        #: would spend every step finding its scale
+        self.scaler = self.ctx.grad_scaler()
 
     # -- state across batches -----------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         history = [[] if h is None else [h[0].cpu(), h[1].cpu()] for h in self.bn_history]
         return {"generator": self.generator.state_dict(), "meta_optimizer": self.meta_optimizer.state_dict(),
-                "bn_history": history, "batches": self.batches}
+                "bn_history": history, "batches": self.batches, "scaler": self.scaler.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         device = self.ctx.device
@@ -177,6 +185,8 @@ class FastSynthesizer(Synthesizer):
         self.meta_optimizer.load_state_dict(state["meta_optimizer"])
         self.bn_history = [None if not h else (h[0].to(device), h[1].to(device)) for h in state["bn_history"]]
         self.batches = int(state["batches"])
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
 
     # -- one batch ----------------------------------------------------------------------------------
     def synthesize_batch(
@@ -201,6 +211,7 @@ class FastSynthesizer(Synthesizer):
         use_adv = student is not None and cfg.adv_scale > 0
         bn = MomentumBNStatistics(teacher.model, cfg.bn_momentum, self.bn_history)
         best = BestSnapshot()
+        scaler = self.scaler
         if cfg.meta == "fomaml":
             self.meta_optimizer.zero_grad(set_to_none=True)
         try:
@@ -223,10 +234,12 @@ class FastSynthesizer(Synthesizer):
                 terms["teacher_acc"] = (logits.detach().argmax(dim=1) == labels).float().mean()
                 best.update(total, pixels, terms)
                 optimizer.zero_grad(set_to_none=True)
-                total.backward()
-                if cfg.meta == "fomaml":
+                scaler.scale(total).backward()
+                scaler.unscale_(optimizer)  # float16: true gradients for the meta step; otherwise a no-op
+                if cfg.meta == "fomaml" and (not scaler.is_enabled() or _finite_grads(fast)):
                     accumulate_fomaml(self.generator, fast)
-                optimizer.step()
+                scaler.step(optimizer)  # float16: skipped when a gradient overflowed
+                scaler.update()
                 if step % max(1, ctx.log_every) == 0 or step == cfg.g_steps:
                     check_finite(terms, step=step, where="fast", hint="lower lr_generator or bn_scale, or use --precision 32-true")
             self.bn_history = bn.remember()

@@ -105,7 +105,7 @@ class NaturalInversion(InversionSynthesizer):
         reset_parameters(gen, init, cfg.init)
         if ftp is not None:
             reset_parameters(ftp, init)
-        nets = nets.to(self.ctx.device).train()
+        nets = self.ctx.layout(nets.to(self.ctx.device)).train()
         groups = [{"params": list(gen.parameters()), "lr": cfg.lr_generator}]
         if ftp is not None:
             groups.append({"params": list(ftp.parameters()), "lr": cfg.lr_ftp})

@@ -16,6 +16,9 @@ class DistillTask(Task):
     summary = "synthesize, distill a student from the teacher, evaluate"
     distill_defaults: ClassVar[dict] = {}
 
+    def check(self, run: Run) -> None:
+        run.check_before_work(distill_defaults=self.distill_defaults)
+
     def run(self, run: Run) -> dict[str, Any]:
         from ..schedule import choose_schedule
 

@@ -31,10 +31,15 @@ class PruneTask(Task):
     #: NaturalInversion's pruning study fine-tunes 20 epochs with SGD at lr 0.001
     distill_defaults: ClassVar[dict] = {"epochs": 20, "lr": 0.001}
 
-    def run(self, run: Run) -> dict[str, Any]:
+    def check(self, run: Run) -> None:
+        run.check_before_work(distill_defaults=self.distill_defaults, pruner=True)
+        self._plan(run)
+
+    def _plan(self, run: Run) -> tuple[Any, Any, Any, str, bool]:
+        """(pruner, distiller, synthesizer or None, schedule, scheduled) of this run; refuses a pruner that needs
+        images before pruning when the run makes them only while fine-tuning."""
         from ..schedule import choose_schedule
 
-        teacher = run.teacher
         pruner = run.pruner()
         distiller = run.distiller(self.distill_defaults)
         synth = None if run.config.synthetic else run.synthesizer()
@@ -44,6 +49,11 @@ class PruneTask(Task):
             raise ConfigError(f"pruner {pruner.name} needs images before pruning, which an online or time-bounded run "
                               "makes only while fine-tuning; use --schedule offline without --time-budget, or a "
                               "data-free criterion (e.g. --pruner l1)")
+        return pruner, distiller, synth, mode, scheduled
+
+    def run(self, run: Run) -> dict[str, Any]:
+        teacher = run.teacher
+        pruner, distiller, synth, mode, scheduled = self._plan(run)
         data = None if scheduled else run.synthetic_data(synth)
         if data is not None:
             assess_synthetic(run, data)
