@@ -124,6 +124,14 @@ class Synthesizer(Component, abc.ABC):
     #: or ``online`` (rounds of synthesis against the current student, each followed by training)
     default_schedule: ClassVar[str] = "offline"
 
+    def check_options(self) -> None:
+        """The declared iterations option (if any) must be at least 1; subclasses add their own checks."""
+        from .errors import ConfigError
+
+        option = self.iterations_option
+        if option is not None and getattr(self.config, option) < 1:
+            raise ConfigError(f"{self.name}: {option} must be >= 1, got {getattr(self.config, option)}")
+
     @classmethod
     def capabilities(cls) -> dict[str, Any]:
         """The declared capabilities, for listings and docs."""

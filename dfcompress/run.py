@@ -178,12 +178,9 @@ class Run:
             read_manifest(Path(cfg.synthetic))
         else:
             synth = self.synthesizer()
-            synth.check_options()
+            synth.check_options()  # includes the declared iterations option
             if synth.needs_batchnorm:
                 require_batchnorm(teacher, synth.name)
-            option = synth.iterations_option
-            if option is not None and getattr(synth.config, option) < 1:
-                raise ConfigError(f"{synth.name}: {option} must be at least 1, got {getattr(synth.config, option)}")
             if cfg.num_images < 2:
                 raise ConfigError(f"--num-images must be at least 2 to train on, got {cfg.num_images}")
         self.distiller(distill_defaults).check_options()

@@ -245,7 +245,7 @@ def test_num_classes_and_image_size_reach_the_teacher(tmp_path):
 @pytest.mark.parametrize("args, words", [
     (["--task", "distill", "--epochs", "0"], "epochs must be >= 1"),
     (["--task", "distill", "--num-images", "1"], "--num-images must be at least 2"),
-    (["--task", "distill", "-s", "iterations=0", "--synth", "deepinversion"], "iterations must be at least 1"),
+    (["--task", "distill", "-s", "iterations=0", "--synth", "deepinversion"], "iterations must be >= 1"),
 ])
 def test_bad_counts_fail_before_any_work(capsys, tmp_path, args, words):
     from dfcompress.models import load_teacher

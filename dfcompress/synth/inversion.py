@@ -33,7 +33,7 @@ from torch import nn
 
 from ..components import SynthBatch, Synthesizer, Teacher
 from ..context import RunContext, check_finite
-from ..errors import ConfigError, UnsupportedTeacherError
+from ..errors import UnsupportedTeacherError
 from .bn_stats import find_bn_layers
 from .priors import frozen, js_divergence, l2_norm, total_variation
 
@@ -62,9 +62,7 @@ class InversionSynthesizer(Synthesizer):
     def setup(self, teacher: Teacher) -> None:
         if self.needs_batchnorm:
             require_batchnorm(teacher, self.name)
-        option = self.iterations_option
-        if option is not None and getattr(self.config, option) < 1:
-            raise ConfigError(f"{self.name}: {option} must be >= 1")
+        self.check_options()
         self.teacher = teacher
 
     def competition_student(self, student: nn.Module | None) -> nn.Module | None:
