@@ -53,6 +53,8 @@ component_option_flags = [
                  help="a distiller option (repeatable)"),
     click.option("-p", "--prune-opt", "prune_opt", multiple=True, metavar="KEY=VALUE",
                  help="a pruner option (repeatable)"),
+    click.option("-Q", "--quant-opt", "quant_opt", multiple=True, metavar="KEY=VALUE",
+                 help="a quantizer option (repeatable); see `dfcompress show quantizers x86`"),
 ]
 
 
@@ -118,7 +120,8 @@ def cli(ctx: click.Context, debug: bool, verbose: bool, quiet: bool) -> None:
     _setup_logging(verbose, quiet)
 
 
-def _layers(config_file: str | None, resume: str | None, values: dict, synth_opt, distill_opt, prune_opt) -> list[dict]:
+def _layers(config_file: str | None, resume: str | None, values: dict, synth_opt, distill_opt, prune_opt,
+            quant_opt=()) -> list[dict]:
     layers: list[dict] = []
     if resume:
         path = Path(resume) / "config.toml"
@@ -133,6 +136,7 @@ def _layers(config_file: str | None, resume: str | None, values: dict, synth_opt
         "synth_options": parse_assignments(synth_opt, flag="--synth-opt"),
         "distill_options": parse_assignments(distill_opt, flag="--distill-opt"),
         "prune_options": parse_assignments(prune_opt, flag="--prune-opt"),
+        "quant_options": parse_assignments(quant_opt, flag="--quant-opt"),
     })
     return layers
 
@@ -153,11 +157,12 @@ def _with_source_defaults(layers: list[dict], registry: Any) -> list[dict]:
 @click.option("--resume", type=click.Path(file_okay=False), help="continue an interrupted run in this directory")
 @click.option("--json", "as_json", is_flag=True, help="print metrics.json instead of the table")
 @click.pass_context
-def run(ctx: click.Context, config_file, resume, as_json, synth_opt, distill_opt, prune_opt, **values) -> None:
+def run(ctx: click.Context, config_file, resume, as_json, synth_opt, distill_opt, prune_opt, quant_opt,
+        **values) -> None:
     """Synthesize images from the teacher, compress with them, evaluate, report.
 
     Every option can also come from --config FILE (TOML; a run writes its resolved config.toml)."""
-    layers = _layers(config_file, resume, values, synth_opt, distill_opt, prune_opt)
+    layers = _layers(config_file, resume, values, synth_opt, distill_opt, prune_opt, quant_opt)
     registry = _registry()
     config = make_run_config(*_with_source_defaults(layers, registry))
     task_cls = registry.get("tasks", config.task)
@@ -272,7 +277,7 @@ def models() -> None:
 
 
 @cli.command(context_settings=CONTEXT_SETTINGS)
-@click.argument("kind", type=click.Choice(["synthesizers", "distillers", "pruners", "tasks"]))
+@click.argument("kind", type=click.Choice(["synthesizers", "distillers", "pruners", "quantizers", "tasks"]))
 @click.argument("name")
 def show(kind: str, name: str) -> None:
     """Show a component's declared capabilities (synthesizers) and its options (name, type, default, help)

@@ -1,4 +1,4 @@
-"""The plugin interfaces (Synthesizer, Distiller, Pruner, Task) and the data they exchange.
+"""The plugin interfaces (Synthesizer, Distiller, Pruner, Quantizer, Task) and the data they exchange.
 
 Each component carries its options as a dataclass ``Config`` whose defaults are the method's published
 settings; the CLI (``--synth-opt key=value``), config files and docs are derived from it.
@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable
 
 import torch
 from torch import nn
@@ -263,8 +264,80 @@ class Pruner(Component, abc.ABC):
         labels) for data-driven criteria."""
 
 
+@dataclass
+class QuantizeResult:
+    """What quantization made: a classifier that runs the quantized program (normalised images in, logits out,
+    like the float model), the program that :meth:`Quantizer.save` writes, and what calibrated it."""
+
+    model: nn.Module
+    program: Any
+    backend: str
+    calib_images: int
+    notes: list[str] = field(default_factory=list)
+    #: scalar facts of the backend (quantized operators, folded BatchNorms, compile seconds ...)
+    stats: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        return {"backend": self.backend, "calib_images": self.calib_images, **self.stats, "notes": list(self.notes)}
+
+
+class Quantizer(Component, abc.ABC):
+    """Post-training quantization of a classifier for one backend (e.g. static int8 for x86 CPUs).
+
+    Capabilities are class attributes: ``needs_data`` (calibrates on images) and ``device_type`` (where the
+    quantized program runs; the task moves a CPU copy of the model there)."""
+
+    needs_data: ClassVar[bool] = True
+    device_type: ClassVar[str] = "cpu"
+    #: what the weights and activations become, in row names (``final-int8``) and the latency table
+    precision: ClassVar[str] = "int8"
+
+    def check_environment(self) -> None:
+        """Raise a ConfigError when this machine cannot run the backend (a missing package or compiler)."""
+
+    def check_model(self, model: nn.Module, input_spec: InputSpec, *, label: str = "") -> None:
+        """Raise an UnsupportedModelError, in seconds, when ``model`` cannot be quantized by this backend
+        (``dfcompress run`` calls it on the teacher before any synthesis); the default accepts every model."""
+
+    @abc.abstractmethod
+    def quantize(self, model: nn.Module, input_spec: InputSpec, *, batches: list[torch.Tensor],
+                 label: str = "") -> QuantizeResult:
+        """Quantize a copy of ``model`` (in eval mode; the original is untouched), calibrated on ``batches``
+        (normalised float images on :attr:`device_type`). ``label`` names the model in error messages."""
+
+    def compile(self, model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The backend's lowering of a float model, the fair baseline of the latency table (default: eager)."""
+        return model
+
+    @abc.abstractmethod
+    def save(self, result: QuantizeResult, path: Path, *, meta: dict[str, Any]) -> Path:
+        """Write the quantized program to ``path`` (atomically) with ``meta`` (arch, input spec ...)."""
+
+
 class Task(Component, abc.ABC):
-    """A pipeline run by ``dfcompress run --task NAME`` (synthesize, compress, evaluate, report)."""
+    """A pipeline run by ``dfcompress run --task NAME`` (synthesize, compress, evaluate, report).
+
+    ``--then NAME`` chains a second task on the first one's result: a task that ``produces_model`` hands its
+    compressed model to :meth:`dfcompress.run.Run.follow_up`, which gives it to the ``--then`` task, one that
+    ``accepts_model`` (:meth:`follow`), with the images the first task trained on."""
+
+    #: the task ends with a compressed model that a ``--then`` task can take
+    produces_model: ClassVar[bool] = False
+    #: the task can take another task's model (:meth:`follow`), e.g. quantization after pruning
+    accepts_model: ClassVar[bool] = False
+
+    def model_spec(self, run: Any) -> str:
+        """The architecture of the model this task ends with (the teacher's by default)."""
+        return run.config.teacher
+
+    def check_follow(self, run: Any, *, model_spec: str) -> None:
+        """The checks of :meth:`check` that still apply when this task follows another (``--then``) that ends
+        with a model of architecture ``model_spec``."""
+
+    def follow(self, run: Any, model: nn.Module, *, source: str, data: Any) -> None:
+        """Compress ``model`` (the report's row ``source``) further, adding rows and metrics to ``run``;
+        ``data`` is the synthetic data set the previous task used."""
+        raise NotImplementedError(f"task {self.name} cannot follow another task")
 
     def check(self, run: Any) -> None:
         """Everything that can be checked without synthesizing or training (inputs, the options of the components
@@ -274,4 +347,5 @@ class Task(Component, abc.ABC):
 
     @abc.abstractmethod
     def run(self, run: Any) -> dict[str, Any]:
-        """Run on a :class:`dfcompress.run.Run` and return the metrics for the report."""
+        """Run on a :class:`dfcompress.run.Run` and return the metrics for the report; ``metrics["result"]``
+        names the report row of the end result (leaderboards read its top-1)."""

@@ -36,8 +36,16 @@ def _opt(default: Any, help: str, **extra: Any) -> Any:
     return field(default=default, metadata={"help": help, **extra})
 
 
-#: the component option tables of a config file, each with the RunConfig field naming the component
-COMPONENT_TABLES = {"synth_options": "synth", "distill_options": "distiller", "prune_options": "pruner"}
+#: the component option tables of a config file: table -> (the RunConfig field naming the component, its registry
+#: kind, the short ``dfcompress run`` flag of one option)
+COMPONENTS = {
+    "synth_options": ("synth", "synthesizers", "-s"),
+    "distill_options": ("distiller", "distillers", "-d"),
+    "prune_options": ("pruner", "pruners", "-p"),
+    "quant_options": ("quantizer", "quantizers", "-Q"),
+}
+#: table -> the RunConfig field naming the component
+COMPONENT_TABLES = {table: name for table, (name, _, _) in COMPONENTS.items()}
 
 
 @dataclass(frozen=True)
@@ -54,6 +62,9 @@ class RunConfig:
     student: Optional[str] = _opt(None, "student model spec for --task distill (default: the teacher's architecture)")
     pruner: str = _opt("l1", "pruning criterion for --task prune")
     distiller: str = _opt("kd", "how the student / pruned model learns from the teacher")
+    quantizer: str = _opt("x86", "post-training quantization backend for --task quantize and --then quantize")
+    then: Optional[str] = _opt(None, "a task that takes the compressed model further, on the same synthetic images: "
+                               "--task prune --then quantize prunes, fine-tunes, then quantizes to int8")
     ratio: float = _opt(0.5, "fraction removed by pruning, in (0, 1)")
     ratio_of: str = _opt("channels", "what --ratio counts", choices=("channels", "params", "macs"))
     num_images: int = _opt(1024, "number of synthetic images")
@@ -84,6 +95,7 @@ class RunConfig:
     synth_options: dict = field(default_factory=dict, metadata={"help": "synthesizer options (key=value)"})
     distill_options: dict = field(default_factory=dict, metadata={"help": "distiller options (key=value)"})
     prune_options: dict = field(default_factory=dict, metadata={"help": "pruner options (key=value)"})
+    quant_options: dict = field(default_factory=dict, metadata={"help": "quantizer options (key=value)"})
 
     def __post_init__(self) -> None:
         if not 0.0 < self.ratio < 1.0:

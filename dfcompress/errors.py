@@ -35,6 +35,10 @@ class UnsupportedTeacherError(DFCompressError):
     """A synthesizer cannot work with this teacher (for example, it has no BatchNorm layers)."""
 
 
+class UnsupportedModelError(DFCompressError):
+    """A model cannot go through a backend (e.g. torch.export fails on its control flow); names the module."""
+
+
 class PluginError(DFCompressError):
     """A component broke its contract (e.g. a synthesizer returned images of the wrong shape); names the plugin."""
 

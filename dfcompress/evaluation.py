@@ -28,20 +28,22 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "accuracy", "agreement", "assess_synthetic", "count_macs", "count_params", "disk_size", "evaluate_model",
-    "feature_frechet_distance", "find_classifier", "frechet_distance", "latency", "save_student",
+    "eval_predictions_of", "feature_frechet_distance", "find_classifier", "frechet_distance", "latency", "save_student",
     "synthetic_quality",
 ]
 
 
-def evaluate_model(run: Run, name: str, model: nn.Module, *, compare_to_teacher: bool = False) -> dict[str, Any]:
-    """Size, MACs and CPU latency always; on real data (if any) top-1 (top-5 above 10 classes) and, with
-    ``compare_to_teacher``, top-1 agreement with the teacher. Each model sees the data once; the teacher's
-    predictions are computed once per run."""
+def evaluate_model(run: Run, name: str, model: nn.Module, *, compare_to_teacher: bool = False,
+                   cost: dict[str, Any] | None = None, device: torch.device | str | None = None) -> dict[str, Any]:
+    """Size, MACs and CPU latency (measured, or given as ``cost``, e.g. for a quantized program whose modules
+    the counters cannot see); on real data (if any) top-1 (top-5 above 10 classes) and, with
+    ``compare_to_teacher``, top-1 agreement with the teacher. Each model sees the data once (on ``device``,
+    by default the run's); its top-1 predictions are kept for the run (:func:`eval_predictions_of`)."""
     from .metrics.classification import topk_accuracy
 
     spec = run.teacher.input
     model.eval()
-    result: dict[str, Any] = {
+    result: dict[str, Any] = dict(cost) if cost is not None else {
         "params": count_params(model),
         "macs": count_macs(model, spec),
         "latency_b1_ms": round(1000 * latency(model, spec, batch_size=1), 3),
@@ -49,7 +51,8 @@ def evaluate_model(run: Run, name: str, model: nn.Module, *, compare_to_teacher:
     }
     data = run.eval_data
     if data is not None:
-        logits = _eval_logits(run, model)
+        logits = _eval_logits(run, model, device=device)
+        run.cache[f"predictions:{name}"] = logits.argmax(1)
         result.update(topk_accuracy(logits, data.labels, (1, 5) if logits.shape[1] > 10 else (1,)))
         if compare_to_teacher:
             teacher = run.cache.get("teacher_logits")
@@ -63,10 +66,15 @@ def evaluate_model(run: Run, name: str, model: nn.Module, *, compare_to_teacher:
     return result
 
 
-def _eval_logits(run: Run, model: nn.Module) -> torch.Tensor:
+def eval_predictions_of(run: Run, name: str) -> torch.Tensor | None:
+    """The real-data top-1 predictions of the model :func:`evaluate_model` evaluated as ``name``, or None."""
+    return run.cache.get(f"predictions:{name}")
+
+
+def _eval_logits(run: Run, model: nn.Module, device: torch.device | str | None = None) -> torch.Tensor:
     from .metrics.features import logits_and_features
 
-    logits, _ = logits_and_features(model, run.eval_data.images, run.teacher.input, device=run.ctx.device,
+    logits, _ = logits_and_features(model, run.eval_data.images, run.teacher.input, device=device or run.ctx.device,
                                     features=False)
     return logits
 

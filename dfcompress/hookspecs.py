@@ -33,6 +33,11 @@ def register_pruners(register):
 
 
 @hookspec
+def register_quantizers(register):
+    """Register :class:`dfcompress.components.Quantizer` subclasses (post-training quantization backends)."""
+
+
+@hookspec
 def register_tasks(register):
     """Register :class:`dfcompress.components.Task` subclasses (pipelines run by ``dfcompress run --task``)."""
 

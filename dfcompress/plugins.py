@@ -30,6 +30,7 @@ DEFAULT_PLUGINS = (
     "dfcompress.default_plugins.synthesizers",
     "dfcompress.default_plugins.distillers",
     "dfcompress.default_plugins.pruners",
+    "dfcompress.default_plugins.quantizers",
     "dfcompress.default_plugins.tasks",
     "dfcompress.default_plugins.models",
     "dfcompress.default_plugins.datasets",

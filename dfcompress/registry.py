@@ -9,7 +9,7 @@ from typing import Any, Callable, Iterable
 from .errors import AmbiguousComponentError, DFCompressError, UnknownComponentError
 
 #: The kinds of registry, each filled by the hook ``register_<kind>`` except where :data:`HOOKS` says otherwise.
-KINDS = ("synthesizers", "distillers", "pruners", "tasks", "teachers", "datasets")
+KINDS = ("synthesizers", "distillers", "pruners", "quantizers", "tasks", "teachers", "datasets")
 
 #: The hooks that fill each kind, the current one first (then deprecated names that still count). The model
 #: sources keep the kind "teachers" (specs, ``dfcompress models``) but are registered by ``register_models``.
@@ -19,6 +19,7 @@ _SINGULAR = {
     "synthesizers": "synthesizer",
     "distillers": "distiller",
     "pruners": "pruner",
+    "quantizers": "quantizer",
     "tasks": "task",
     "teachers": "model source",
     "datasets": "data source",

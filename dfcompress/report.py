@@ -42,6 +42,17 @@ def text_table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+def latency_section(table: dict[str, Any]) -> list[str]:
+    """Lines of the latency table (milliseconds per call, one column per batch size) and how it was measured."""
+    batches = [k for k in table if k.startswith("b") and isinstance(table[k], dict)]
+    variants = list(table[batches[0]]) if batches else []
+    rows = [[v, *[f"{table[b][v]:.2f}" for b in batches]] for v in variants]
+    header = ["model", *[f"batch {b[1:]} ms" for b in batches]]
+    return [markdown_table(header, rows), "",
+            f"Median of round medians, variants interleaved, one process; {table.get('threads')} threads, load "
+            f"average {table.get('load_avg')} when it ended.", ""]
+
+
 def _kv_table(data: dict[str, Any]) -> str:
     rows = [[k, _fmt(v)] for k, v in data.items() if not isinstance(v, (dict, list))]
     return markdown_table(["metric", "value"], rows) if rows else ""
@@ -59,12 +70,15 @@ def write_report(out_dir: Path, config_toml: str, metrics: dict, timings: dict, 
     atomic_write_text(out_dir / "metrics.json", json.dumps(payload, indent=1, default=str))
     header, rows = summary_rows(metrics)
     parts = [f"# dfcompress run: {out_dir.name}", "", "## Models", "", markdown_table(header, rows), ""]
-    for section, title in (("prune", "Pruning"), ("distill", "Training"), ("synthetic", "Synthetic data")):
+    for section, title in (("prune", "Pruning"), ("distill", "Training"), ("quantize", "Quantization"),
+                           ("synthetic", "Synthetic data")):
         if isinstance(metrics.get(section), dict):
             parts += [f"## {title}", "", _kv_table(metrics[section]), ""]
             notes = metrics[section].get("notes")
             if notes:
                 parts += [f"- {n}" for n in notes] + [""]
+            if isinstance(metrics[section].get("latency"), dict):
+                parts += latency_section(metrics[section]["latency"])
     if "grid" in artifacts:
         parts += ["## Synthetic images", "", f"![synthetic images]({artifacts['grid']})", ""]
     parts += ["## Time per stage", "", markdown_table(["stage", "seconds"], [[k, f"{v:.1f}"] for k, v in timings.items()]), ""]

@@ -186,7 +186,46 @@ class Run:
         self.distiller(distill_defaults).check_options()
         if pruner:
             self.pruner().check_options()
+        self.check_follow_up()
         _ = self.eval_data
+
+    def check_quantizer(self, model_spec: str) -> Any:
+        """The configured quantizer, its options and this machine checked, and a trial of the model
+        ``model_spec`` (the teacher's, or a student's architecture) through it: an UnsupportedModelError in
+        seconds, before any synthesis, when it cannot be quantized."""
+        quantizer = self.quantizer()
+        quantizer.check_options()
+        quantizer.check_environment()
+        model = self.teacher.model if model_spec == self.config.teacher else self.build_model(model_spec)
+        quantizer.check_model(model, self.teacher.input, label=model_spec)
+        return quantizer
+
+    def follow_up_task(self) -> Any:
+        """The ``--then`` task (None without one)."""
+        if self.config.then is None:
+            return None
+        return self.registry.get("tasks", self.config.then)(ctx=self.ctx)
+
+    def check_follow_up(self) -> None:
+        """With ``--then``: the first task must hand on a model and the second take one; then the second task's
+        own checks (:meth:`dfcompress.components.Task.check_follow`)."""
+        cfg = self.config
+        follow = self.follow_up_task()
+        if follow is None:
+            return
+        first = self.registry.get("tasks", cfg.task)(ctx=self.ctx)
+        if not first.produces_model:
+            raise ConfigError(f"--then {cfg.then}: task {cfg.task} does not end with a compressed model to hand on")
+        if not follow.accepts_model:
+            raise ConfigError(f"--then {cfg.then}: task {cfg.then} cannot take another task's model")
+        follow.check_follow(self, model_spec=first.model_spec(self))
+
+    def follow_up(self, model: nn.Module, *, source: str, data: Any) -> None:
+        """Hand the compressed ``model`` (the report's row ``source``) and the run's synthetic ``data`` to the
+        ``--then`` task, if any."""
+        follow = self.follow_up_task()
+        if follow is not None:
+            follow.follow(self, model, source=source, data=data)
 
     def distiller(self, defaults: dict | None = None) -> Any:
         options = dict(self.config.distill_options)
@@ -196,6 +235,9 @@ class Run:
 
     def pruner(self) -> Any:
         return self.component("pruners", self.config.pruner, self.config.prune_options)
+
+    def quantizer(self) -> Any:
+        return self.component("quantizers", self.config.quantizer, self.config.quant_options)
 
     # -- models and data ---------------------------------------------------------------------------
     @property

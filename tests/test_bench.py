@@ -329,10 +329,11 @@ def test_run_args_round_trip_through_the_real_run_command(tmp_path):
 
     params = ctx.params
     parsed = make_run_config({k: v for k, v in params.items() if v is not None and k not in (
-        "synth_opt", "distill_opt", "prune_opt", "config_file", "resume", "as_json")}, {
+        "synth_opt", "distill_opt", "prune_opt", "quant_opt", "config_file", "resume", "as_json")}, {
         "synth_options": parse_assignments(params["synth_opt"], flag="-s"),
         "distill_options": parse_assignments(params["distill_opt"], flag="-d"),
-        "prune_options": parse_assignments(params["prune_opt"], flag="-p")})
+        "prune_options": parse_assignments(params["prune_opt"], flag="-p"),
+        "quant_options": parse_assignments(params["quant_opt"], flag="-Q")})
     expected = make_run_config(config, {"out": "out/dir"})
     assert parsed.to_dict() == {**expected.to_dict(), "synth_options": {"adi_scale": "0.2"}, "distill_options": {
         k: bench_launch._flag_value(v) for k, v in expected.distill_options.items()}}

@@ -208,6 +208,10 @@ def test_hook_register_pruners():
     _registers("pruners")
 
 
+def test_hook_register_quantizers():
+    _registers("quantizers")
+
+
 def test_hook_register_tasks():
     _registers("tasks")
 

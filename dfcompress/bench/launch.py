@@ -15,7 +15,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..config import SCALAR_FIELDS
+from ..config import COMPONENTS, SCALAR_FIELDS
 from ..errors import Interrupted
 from ..io import atomic_write_text
 from .suite import Cell
@@ -28,7 +28,7 @@ logger = logging.getLogger(__name__)
 
 #: how a dfcompress command is started; tests replace it with a fake script
 DEFAULT_LAUNCHER = (sys.executable, "-m", "dfcompress")
-COMPONENT_FLAGS = {"synth_options": "-s", "distill_options": "-d", "prune_options": "-p"}
+COMPONENT_FLAGS = {table: flag for table, (_, _, flag) in COMPONENTS.items()}
 
 
 # --- command lines ---------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import options as opts
-from ..config import make_run_config
+from ..config import COMPONENTS, make_run_config
 from ..errors import DFCompressError
 from .calibrate import Calibrator
 from .capabilities import registry_or_default, wants_student
@@ -35,8 +35,10 @@ class CellPlan:
 def registry_problems(config: Any, registry: Any) -> list[str]:
     """Check component names (and their options, when the component loads) against the registry."""
     problems = []
-    checks = [("tasks", config.task, None), ("synthesizers", config.synth, "synth_options"),
-              ("distillers", config.distiller, "distill_options"), ("pruners", config.pruner, "prune_options")]
+    checks = [("tasks", config.task, None), *[(kind, getattr(config, name), table)
+                                              for table, (name, kind, _) in COMPONENTS.items()]]
+    if config.then is not None:
+        checks.append(("tasks", config.then, None))
     for kind, name, table in checks:
         try:
             registry.entry(kind, name)

@@ -121,7 +121,8 @@ def cell_row(ws: Workspace, cell: Cell, csv_dir: Path) -> dict:
     if metrics is None:
         row["status"], row["reason"] = "failed", "unreadable metrics.json"
     row.update(flatten(metrics or {}))
-    model_key = {"distill": "student", "prune": "final"}.get(config.get("task"), "student")
+    # the run names the row of its end result; runs made before it did: the built-in tasks' final rows
+    model_key = (metrics or {}).get("result") or {"distill": "student", "prune": "final"}.get(config.get("task"), "student")
     row["top1"] = row.get(f"models.{model_key}.top1")
     env = _read_json(out / "env.json") or {}
     row.update({"cpu_model": cpu_model(), "cpu_count": os.cpu_count(), "torch_threads": env.get("torch_threads"),

@@ -15,6 +15,10 @@ class DistillTask(Task):
     name = "distill"
     summary = "synthesize, distill a student from the teacher, evaluate"
     distill_defaults: ClassVar[dict] = {}
+    produces_model = True
+
+    def model_spec(self, run: Run) -> str:
+        return run.config.student or run.config.teacher
 
     def check(self, run: Run) -> None:
         run.check_before_work(distill_defaults=self.distill_defaults)
@@ -43,4 +47,6 @@ class DistillTask(Task):
             evaluate_model(run, "student", student, compare_to_teacher=True)
         run.artifacts["model"] = save_student(run, student, student_spec)
         _record_size(run, "student", run.out_dir / run.artifacts["model"])
+        run.metrics["result"] = "student"
+        run.follow_up(student, source="student", data=data)
         return run.metrics

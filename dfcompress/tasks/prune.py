@@ -30,6 +30,7 @@ class PruneTask(Task):
     summary = "synthesize, prune the teacher, fine-tune it by distillation, evaluate"
     #: NaturalInversion's pruning study fine-tunes 20 epochs with SGD at lr 0.001
     distill_defaults: ClassVar[dict] = {"epochs": 20, "lr": 0.001}
+    produces_model = True
 
     def check(self, run: Run) -> None:
         run.check_before_work(distill_defaults=self.distill_defaults, pruner=True)
@@ -86,6 +87,8 @@ class PruneTask(Task):
         save_pruned(pruned, path, arch=run.config.teacher, input_spec=teacher.input)
         run.artifacts["model"] = path.name
         _record_size(run, "final", path)
+        run.metrics["result"] = "final"
+        run.follow_up(pruned, source="final", data=data)
         return run.metrics
 
 
