@@ -131,7 +131,7 @@ def test_quantizers_are_listed_and_shown(capsys):
     assert "quantize" in [e["name"] for e in listing["tasks"]]
     assert cli("show", "quantizers", "x86") == 0
     shown = capsys.readouterr().out
-    assert "calib_images" in shown and "reduce_range" in shown
+    assert "calib_images" in shown and "reduce_range" in shown and "auto" in shown
 
 
 SMALL = ["--synth", "noise", "--num-images", "64", "--batch-size", "32", "--device", "cpu", "-Q", "calib_images=32"]
@@ -186,3 +186,24 @@ def test_prune_then_quantize_after_kill_during_quantization_reuses_the_finished_
     assert int8["params"] == final["params"] and int8["macs"] == final["macs"]
     assert metrics["quantize"]["source"] == "final" and "agreement_with_float" in metrics["quantize"]
     assert (out / "final-int8.pt2").is_file() and (out / "pruned.pt").is_file()
+
+
+@pytest.mark.slow
+def test_a_teacher_without_batchnorm_goes_through_the_task(tmp_path):
+    """timm's test_vit (LayerNorm only): nothing to fold, the linear layers are quantized."""
+    out = tmp_path / "vit"
+    assert cli("run", "--task", "quantize", "--teacher", "timm:test_vit", "--weights", "random", "--num-classes", "10",
+               "--image-size", "32", "--synth", "noise", "--num-images", "32", "--batch-size", "32", "--device", "cpu",
+               "-Q", "calib_images=32", "-Q", "latency=false", "-Q", "lower=false", "--out", str(out)) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["quantize"]["batchnorms_before"] == 0 and metrics["quantize"]["quantized_ops"] > 0
+    assert metrics["models"]["teacher-int8"]["size_mb"] < 4 * metrics["models"]["teacher"]["params"] / 1e6
+
+
+def test_reduce_range_auto_follows_the_cpus_vnni(monkeypatch):
+    monkeypatch.setattr(torch.cpu, "_is_vnni_supported", lambda: False)
+    assert quantizer().reduce_range() is True and quantizer().scheme()["activation_bits"] == 7
+    monkeypatch.setattr(torch.cpu, "_is_vnni_supported", lambda: True)
+    assert quantizer().reduce_range() is False and quantizer(reduce_range="true").reduce_range() is True
+    with pytest.raises(ConfigError, match="must be one of auto, true, false"):
+        quantizer(reduce_range="maybe")

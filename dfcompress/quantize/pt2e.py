@@ -78,6 +78,10 @@ class PT2EQuantizer(Quantizer, abc.ABC):
     def check_model(self, model: nn.Module, input_spec: InputSpec, *, label: str = "") -> None:
         export_classifier(_float_copy(model), input_spec.example_input(2), max_batch=self.config.max_batch, label=label)
 
+    def scheme(self) -> dict[str, Any]:
+        """Facts of the quantization scheme for the report (e.g. the activation range); the default has none."""
+        return {}
+
     @abc.abstractmethod
     def backend_quantizer(self) -> Any:
         """The configured ``torchao.quantization.pt2e.quantizer.Quantizer`` of this backend."""
@@ -109,6 +113,7 @@ class PT2EQuantizer(Quantizer, abc.ABC):
         program = export_classifier(converted, example, max_batch=cfg.max_batch, label=label)
         ops = count_targets(program.graph_module)
         stats = {
+            **self.scheme(),
             "quantized_ops": sum(n for op, n in ops.items() if op.startswith("quantized_decomposed.quantize_per_tensor")),
             "float_batchnorms": sum(n for op, n in ops.items() if "batch_norm" in op),
             "batchnorms_before": sum(n for op, n in batch_norms.items() if "batch_norm" in op),

@@ -31,9 +31,18 @@ warnings.filterwarnings("ignore", message="To copy construct from a tensor", cat
 PREPACK_COUNTERS = ("qconv_weight_prepack_matcher_count", "qlinear_weight_prepack_matcher_count")
 
 
+REDUCE_RANGE = ("auto", "true", "false")
+
+
 @dataclass(frozen=True)
 class X86Config(PT2EConfig):
-    reduce_range: bool = field(default=False, metadata={"help": "7-bit activations (0..127), for x86 CPUs without VNNI instructions"})
+    reduce_range: str = field(default="auto", metadata={"help": "7-bit activations (0..127): auto uses them on CPUs without VNNI instructions, whose int8 kernels otherwise saturate (measured: ResNet-20 int8 agreed with float on 89 % of images instead of 98 %)", "choices": REDUCE_RANGE})
+
+
+def has_vnni() -> bool:
+    """Whether this CPU has VNNI dot-product instructions (AVX512-VNNI or AVX-VNNI)."""
+    check = getattr(torch.cpu, "_is_vnni_supported", None)
+    return bool(check()) if check is not None else True
 
 
 def _x86() -> Any:
@@ -67,10 +76,21 @@ class X86InductorPTQ(PT2EQuantizer):
     def backend_quantizer(self) -> Any:
         x86 = _x86()
         quantizer = x86.X86InductorQuantizer()
-        quantizer.set_global(x86.get_default_x86_inductor_quantization_config(reduce_range=self.config.reduce_range))
+        quantizer.set_global(x86.get_default_x86_inductor_quantization_config(reduce_range=self.reduce_range()))
         for name in self.skipped():
             quantizer.set_module_name_qconfig(name, None)
         return quantizer
+
+    def scheme(self) -> dict[str, Any]:
+        return {"activation_bits": 7 if self.reduce_range() else 8, "cpu_vnni": has_vnni(),
+                "cpu_capability": torch.backends.cpu.get_cpu_capability()}
+
+    def reduce_range(self) -> bool:
+        """7-bit activations: as asked, or (auto) where the CPU lacks VNNI. Without VNNI, oneDNN's u8 x s8 kernels
+        add pairs of products in 16 bits, which 8-bit activations can overflow; the quantizer's own advice is to
+        reduce the range there."""
+        choice = self.config.reduce_range
+        return (not has_vnni()) if choice == "auto" else choice == "true"
 
     def compile(self, model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
         """``torch.compile`` with Inductor's freezing (weights prepacked; int8 kernels for a quantized program),
