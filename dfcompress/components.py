@@ -263,6 +263,11 @@ class Pruner(Component, abc.ABC):
         the whole model's parameters or MACs (``params``, ``macs``). ``batches`` are (normalised images,
         labels) for data-driven criteria."""
 
+    def check_model(self, model: nn.Module, input_spec: InputSpec, *, ratio: float, ratio_of: str = "channels",
+                    label: str = "") -> None:
+        """Raise a one-line DFCompressError (ConfigError for a known limitation) when ``model`` cannot be pruned;
+        ``dfcompress run`` calls it before any synthesis. Must leave ``model`` unchanged. Default: no check."""
+
 
 @dataclass
 class QuantizeResult:

@@ -167,7 +167,8 @@ class Run:
         """Fail in seconds on what can be checked before any synthesis or training: the teacher and its weights,
         the eval data (readable, the teacher's class count), the synthetic-data source (a data set directory, or
         the synthesizer's options, its declared needs and an image count that can be trained on), and the
-        options of the distiller (with the task's ``distill_defaults``) and, with ``pruner``, the pruner."""
+        options of the distiller (with the task's ``distill_defaults``) and, with ``pruner``, the pruner's options
+        and a trial prune of the teacher (:meth:`dfcompress.components.Pruner.check_model`)."""
         from .synth.inversion import require_batchnorm
 
         cfg = self.config
@@ -185,7 +186,10 @@ class Run:
                 raise ConfigError(f"--num-images must be at least 2 to train on, got {cfg.num_images}")
         self.distiller(distill_defaults).check_options()
         if pruner:
-            self.pruner().check_options()
+            chosen = self.pruner()
+            chosen.check_options()
+            # a trial prune of a copy of the teacher: an architecture that cannot be pruned fails here, in one line
+            chosen.check_model(teacher.model, teacher.input, ratio=cfg.ratio, ratio_of=cfg.ratio_of, label=cfg.teacher)
         self.check_follow_up()
         _ = self.eval_data
 

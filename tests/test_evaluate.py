@@ -161,6 +161,30 @@ def test_bn_statistics_distance_is_zero_when_running_stats_match():
     assert ev.synthetic_quality(teacher, images, labels)["bn_stat_distance"] == pytest.approx(1.0, abs=1e-4)
 
 
+class _AuxNet(_BNNet):
+    """A BatchNorm that runs only in train mode (GoogLeNet's auxiliary heads)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.aux_bn = nn.BatchNorm2d(4)
+
+    def forward(self, x):
+        h = self.bn(self.conv(x))
+        if self.training:
+            h = h + self.aux_bn(h)
+        return self.fc(h.mean((2, 3)))
+
+
+def test_bn_statistics_distance_counts_only_the_batchnorms_that_ran():
+    torch.manual_seed(0)
+    images = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    labels = torch.zeros(8, dtype=torch.long)
+    plain, aux = _BNNet().eval(), _AuxNet().eval()
+    aux.load_state_dict(plain.state_dict(), strict=False)
+    expected = ev.synthetic_quality(Teacher(plain, SPEC), images, labels)["bn_stat_distance"]
+    assert ev.synthetic_quality(Teacher(aux, SPEC), images, labels)["bn_stat_distance"] == pytest.approx(expected)
+
+
 def test_synthetic_quality_of_a_set(tiny_teacher):
     images = torch.randint(0, 256, (30, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():

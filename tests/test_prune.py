@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from dfcompress.components import InputSpec, Pruner
-from dfcompress.errors import ConfigError, WeightsError
+from dfcompress.errors import ConfigError, DFCompressError, WeightsError
 from dfcompress.prune import (
     BNScalePruner,
     L1Pruner,
@@ -311,3 +311,64 @@ def test_registered_pruners_follow_the_contract():
         assert dataclasses.is_dataclass(config) and config.__dataclass_params__.frozen
         for f in dataclasses.fields(config):
             assert f.metadata.get("help"), (name, f.name)
+
+
+class _TrainOnlyBranch(nn.Module):
+    """A conv that runs only in train mode: the eval-mode trace never sees it, so pruning leaves it stale."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 16, 3, padding=1)
+        self.bn = nn.BatchNorm2d(16)
+        self.aux = nn.Conv2d(16, 16, 1)
+        self.fc = nn.Linear(16, 10)
+
+    def forward(self, x):
+        x = self.bn(self.conv1(x)).relu()
+        if self.training:
+            x = x + self.aux(x)
+        return self.fc(x.mean((2, 3)))
+
+
+def test_a_model_broken_in_train_mode_by_pruning_is_caught_in_one_line():
+    with pytest.raises(DFCompressError, match="no longer runs in train mode") as err:
+        L1Pruner().prune(build(_TrainOnlyBranch), SPEC, ratio=0.5)
+    assert "\n" not in str(err.value)
+
+
+def test_check_model_is_a_trial_that_leaves_the_model_unchanged():
+    import torchvision
+
+    model = torchvision.models.googlenet(weights=None, num_classes=10, init_weights=False).eval()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    L1Pruner().check_model(model, SPEC, ratio=0.5)
+    assert model.aux1 is not None and model.aux_logits  # the trial removed the auxiliary heads of a copy only
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())
+    with pytest.raises(ConfigError, match="NFNet"):
+        import timm
+
+        L1Pruner().check_model(timm.create_model("test_nfnet", num_classes=10), SPEC, ratio=0.5)
+
+
+def test_pruned_files_keep_module_versions_and_older_files_still_load(tmp_path):
+    """torchvision's MNASNet refuses a state dict without its module version; files written before versions were
+    stored get the fresh model's own."""
+    import torchvision
+
+    def build_mnasnet():
+        torch.manual_seed(0)
+        return torchvision.models.mnasnet0_5(weights=None, num_classes=10).eval()
+
+    model = build_mnasnet()
+    L1Pruner().prune(model, SPEC, ratio=0.5)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        out = model(x)
+    path = save_pruned(model, tmp_path / "m.pt", arch="torchvision:mnasnet0_5", input_spec=SPEC)
+    assert read_pruned(path)["metadata"][""]["version"] == 2
+    old = read_pruned(path)
+    del old["metadata"], old["removed"]
+    torch.save(old, tmp_path / "old.pt")
+    for p in (path, tmp_path / "old.pt"):
+        with torch.no_grad():
+            assert torch.equal(load_pruned(p, build_mnasnet()).eval()(x), out)

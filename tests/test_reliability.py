@@ -327,3 +327,32 @@ def test_the_driver_refuses_a_batch_that_breaks_the_contract_naming_the_plugin(t
     with pytest.raises(PluginError, match=r"toobright.*TooBright.*\[0, 1\]"):
         run_synthesis(synth, tiny_teacher, writer, RunContext())
     assert not list((tmp_path / "d").glob("shard-*"))
+
+
+def test_an_architecture_that_cannot_be_pruned_fails_before_any_work(capsys, tmp_path):
+    out = tmp_path / "r"
+    start = time.perf_counter()
+    code = cli("run", "--teacher", "timm:test_nfnet", "--weights", "random", "--num-classes", "10", "--image-size",
+               "32", "--synth", "noise", "--task", "prune", "--ratio", "0.5", "--num-images", "16", "--out", str(out))
+    err = capsys.readouterr().err
+    lines = [x for x in err.splitlines() if x.strip() and "--weights random" not in x]  # the random-weights warning
+    assert code == 2 and len(lines) == 1, err
+    assert "cannot prune NormFreeNet (NFNet)" in err and "Traceback" not in err
+    assert time.perf_counter() - start < 5
+    assert not (out / "synthetic").exists() or not any((out / "synthetic").iterdir())
+
+
+def test_a_pruning_failure_found_by_the_trial_fails_before_any_work(capsys, tmp_path, monkeypatch):
+    """Whatever torch-pruning raises in the trial prune of the teacher is one line before synthesis."""
+    import torch_pruning as tp
+
+    def broken(self, *args, **kwargs):
+        raise ZeroDivisionError("integer division or modulo by zero")
+
+    monkeypatch.setattr(tp.DependencyGraph, "build_dependency", broken)
+    out = tmp_path / "r"
+    code = cli("run", "--synth", "noise", "--task", "prune", "--num-images", "16", "--out", str(out))
+    err = capsys.readouterr().err
+    assert code == 2 and len([x for x in err.splitlines() if x.strip()]) == 1, err
+    assert "torch-pruning 1.6 cannot trace" in err and "ZeroDivisionError" in err
+    assert not (out / "synthetic").exists() or not any((out / "synthetic").iterdir())

@@ -50,16 +50,20 @@ class _BatchNormInputStats:
         entry[1] += x.pow(2).sum(1)
         entry[2] += x.shape[1]
 
-    def distance(self) -> float:
-        """Mean over BN layers of ||mu - running_mean||_2 + ||var - running_var||_2."""
+    def distance(self) -> float | None:
+        """Mean over the BN layers that ran of ||mu - running_mean||_2 + ||var - running_var||_2 (layers that run
+        only in train mode, e.g. the BatchNorms of GoogLeNet's auxiliary heads, do not count); None if none ran."""
+        ran = [m for m in self.layers if m in self.sums]
+        if not ran:
+            return None
         total = 0.0
-        for module in self.layers:
+        for module in ran:
             s, s2, count = self.sums[module]
             mean = s / count
             var = (s2 / count - mean.pow(2)).clamp_min(0)
             total += float(torch.linalg.vector_norm(mean - module.running_mean.double()))
             total += float(torch.linalg.vector_norm(var - module.running_var.double()))
-        return total / len(self.layers)
+        return total / len(ran)
 
     def remove(self) -> None:
         for handle in self.handles:
@@ -85,7 +89,7 @@ def synthetic_quality(teacher: Teacher, images_uint8: torch.Tensor, labels: torc
     try:
         logits, features = logits_and_features(model, images_uint8, teacher.input, device=dev, batch_size=batch_size,
                                                head=head)
-        bn_distance = stats.distance() if stats.layers else None
+        bn_distance = stats.distance()
     finally:
         stats.remove()
     probs = logits.softmax(1)

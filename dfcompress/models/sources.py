@@ -98,8 +98,10 @@ class TorchvisionSource(ModelSource):
 
         kwargs: dict = {} if num_classes is None else {"num_classes": num_classes}
         size = tuple(image_size) if image_size is not None else (self._default_size(name),) * 2
-        if image_size is not None and name.startswith(("vit_", "swin_", "maxvit")):
+        if image_size is not None and name.startswith("vit_"):
             kwargs["image_size"] = int(size[0])  # position embeddings depend on the size
+        elif image_size is not None and name.startswith("maxvit"):
+            kwargs["input_size"] = (int(size[0]), int(size[1]))  # its attention partitions depend on the size
         model = torchvision.models.get_model(name, weights=None, **kwargs)
         spec = InputSpec(
             image_size=(int(size[0]), int(size[1])),

@@ -10,16 +10,21 @@ Ratio semantics (``Pruner.prune``):
   step by step, re-scoring channels after each step, stopping at the step closest to ``ratio``; the
   achieved value is reported (``PruneResult.params_removed`` / ``macs_removed`` and a note).
 
-The classifier head keeps its output classes, and layers whose output channels are tied through a
-channel zero-pad (the CIFAR ResNets' option-A shortcut, see :mod:`.coupling`) keep all their outputs.
+The classifier head (and any other head with as many outputs, e.g. DeiT's distillation head) keeps its output
+classes, and layers whose output channels are tied through a channel zero-pad (the CIFAR ResNets' option-A
+shortcut, see :mod:`.coupling`) keep all their outputs. Architecture-specific knowledge (attention heads,
+auxiliary heads, blocks that cannot be pruned) lives in :mod:`.adapters`; the pruned model is checked to run in
+eval and train mode before it is returned.
 """
 from __future__ import annotations
 
 import abc
+import contextlib
 import copy
 import logging
-from dataclasses import dataclass, field
-from typing import Callable, ClassVar, Iterable, Optional
+import math
+from dataclasses import dataclass, field, fields
+from typing import Callable, ClassVar, Iterable, Iterator, Optional
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +36,7 @@ from ..components import InputSpec, Pruner, PruneResult
 from ..errors import ConfigError, DFCompressError
 from ..metrics.cost import count_macs, count_params
 from ..metrics.features import find_classifier, model_device
+from .adapters import PrunePlan, check_supported, plan_pruning
 from .coupling import find_channel_pad_coupling, torch_pruning_warnings_logged
 
 logger = logging.getLogger(__name__)
@@ -81,6 +87,26 @@ class SeededRandomImportance(tp.importance.Importance):
         return torch.rand(len(idxs), generator=self.generator)
 
 
+@contextlib.contextmanager
+def _torch_pruning_errors(model: nn.Module, what: str) -> Iterator[None]:
+    """torch-pruning failures (tracing, index mapping, a pruning step) as one line naming the architecture."""
+    try:
+        yield
+    except DFCompressError:
+        raise
+    except Exception as exc:
+        message = " ".join(str(exc).split())[:300]
+        raise DFCompressError(f"torch-pruning 1.6 cannot {what} {type(model).__name__}: {type(exc).__name__}: "
+                              f"{message}. Report the architecture; meanwhile prune another one") from exc
+
+
+def _heads(model: nn.Module, classifier: nn.Module) -> list[nn.Module]:
+    """The classifier and every other layer of its type and output width (DeiT's ``head_dist``, ...)."""
+    width = classifier.weight.shape[0]
+    return [classifier] + [m for m in model.modules() if m is not classifier and type(m) is type(classifier)
+                           and getattr(m, "weight", None) is not None and m.weight.shape[0] == width]
+
+
 def _check_ratio(ratio: float, ratio_of: str) -> None:
     if not isinstance(ratio, (int, float)) or not 0.0 < float(ratio) < 1.0:
         raise ConfigError(f"pruning ratio must be in (0, 1) (the fraction removed), got {ratio!r}")
@@ -113,6 +139,7 @@ class TorchPruningPruner(Pruner):
         was_training = model.training
         frozen = {name for name, p in model.named_parameters() if not p.requires_grad}
         model.eval()
+        plan = plan_pruning(model, ratio=float(ratio))  # refuses unsupported blocks; may drop auxiliary heads
         example = input_spec.example_input(1, model_device(model))
         with torch.no_grad():
             out_shape = model(example).shape
@@ -120,23 +147,41 @@ class TorchPruningPruner(Pruner):
 
         classifier = find_classifier(model, input_spec)
         names = {m: n for n, m in model.named_modules()}
-        ignored: list[nn.Module] = [classifier]
-        notes = [f"classifier head '{names[classifier]}' keeps its {out_shape[1]} outputs"]
-        coupling = find_channel_pad_coupling(model, example, ignored)
+        heads = _heads(model, classifier)
+        ignored: list[nn.Module] = [*heads, *plan.ignored]
+        notes = [f"classifier head{'s' if len(heads) > 1 else ''} {', '.join(repr(names[h]) for h in heads)} "
+                 f"keep{'' if len(heads) > 1 else 's'} {'their' if len(heads) > 1 else 'its'} {out_shape[1]} outputs",
+                 *plan.notes]
+        self.check_criterion(model, notes)
+        if plan.isolated:
+            if ratio_of != "channels":
+                raise ConfigError(f"{type(model).__name__} is pruned block by block (see the notes of --ratio-of "
+                                  f"channels); a {ratio_of} target is not supported for it: use --ratio-of channels")
+            self._isolated(model, example, float(ratio), calibration, plan)
+            notes.append(f"local pruning: each prunable layer inside those blocks lost {ratio:.0%} of its output "
+                         "channels (floor)")
+            return self._finish(model, input_spec, frozen, was_training, example, out_shape, params_before,
+                                macs_before, notes, ratio, ratio_of)
+        with _torch_pruning_errors(model, "trace"), plan.traced():
+            coupling = find_channel_pad_coupling(model, example, ignored)
         if coupling:
             ignored.extend(coupling.tied_layers.values())
             notes.append(coupling.note())
-        self.check_model(model, notes)
 
         if ratio_of == "channels":
-            self._one_shot(model, example, ignored, float(ratio), calibration)
+            self._one_shot(model, example, ignored, float(ratio), calibration, plan)
             notes.append(f"local pruning: each prunable layer lost {ratio:.0%} of its output channels (floor)")
         else:
             measures: dict[str, Callable[[nn.Module], int]] = {
                 "params": count_params, "macs": lambda m: count_macs(m, input_spec)}
             notes.append(self._progressive(model, example, ignored, float(ratio), ratio_of, measures[ratio_of],
-                                           calibration))
+                                           calibration, plan))
+        return self._finish(model, input_spec, frozen, was_training, example, out_shape, params_before, macs_before,
+                            notes, ratio, ratio_of)
 
+    def _finish(self, model: nn.Module, input_spec: InputSpec, frozen: set[str], was_training: bool,
+                example: torch.Tensor, out_shape: torch.Size, params_before: int, macs_before: int, notes: list[str],
+                ratio: float, ratio_of: str) -> PruneResult:
         model.zero_grad(set_to_none=True)
         for name, p in model.named_parameters():
             p.requires_grad_(name not in frozen)
@@ -149,36 +194,83 @@ class TorchPruningPruner(Pruner):
                     100 * result.params_removed, result.macs_before, result.macs_after, 100 * result.macs_removed)
         return result
 
-    def check_model(self, model: nn.Module, notes: list[str]) -> None:
+    def check_model(self, model: nn.Module, input_spec: InputSpec, *, ratio: float, ratio_of: str = "channels",
+                    label: str = "") -> None:
+        """A trial on a copy of ``model`` (one-shot local pruning by filter magnitude at ``ratio`` of the
+        channels, or half of them for a params/MACs target): an unsupported architecture fails here, in one line
+        and in seconds, before any synthesis. The copy is discarded."""
+        _check_ratio(ratio, ratio_of)
+        check_supported(model)
+        trial = copy.deepcopy(model)
+        shared = {f.name: getattr(self.config, f.name) for f in fields(PruneOptions)}
+        trial_pruner = L1Pruner(MagnitudeOptions(**shared), ctx=self.ctx)
+        trial_pruner.prune(trial, input_spec, ratio=min(float(ratio) if ratio_of == "channels" else 0.5,
+                                                        self.config.max_channel_ratio))
+        del trial
+
+    def check_criterion(self, model: nn.Module, notes: list[str]) -> None:
         """Raise ConfigError when this criterion cannot rank ``model``'s channels (default: any model can)."""
 
     def _pruner(self, model: nn.Module, example: torch.Tensor, ignored: list[nn.Module], ratio: float,
-                steps: int, scheduler: Callable[[float, int], list[float]] | None = None) -> tp.pruner.BasePruner:
-        with torch_pruning_warnings_logged():
+                steps: int, plan: PrunePlan,
+                scheduler: Callable[[float, int], list[float]] | None = None) -> tp.pruner.BasePruner:
+        round_to = math.lcm(self.config.round_to or 1, plan.round_to or 1)
+        with torch_pruning_warnings_logged(), _torch_pruning_errors(model, "trace"), plan.traced():
+            # fresh dicts: BasePruner's defaults are shared mutable dicts it writes into
             return tp.pruner.BasePruner(
                 model, example, importance=self.importance(), global_pruning=False, pruning_ratio=ratio,
                 max_pruning_ratio=self.config.max_channel_ratio, iterative_steps=steps, ignored_layers=ignored,
-                round_to=self.config.round_to,
+                round_to=round_to if round_to > 1 else None,
                 iterative_pruning_ratio_scheduler=scheduler or linear_scheduler,
+                in_channel_groups={}, out_channel_groups=dict(plan.out_channel_groups),
+                num_heads=dict(plan.num_heads), prune_num_heads=plan.prune_num_heads,
+                prune_head_dims=not plan.prune_num_heads, head_pruning_ratio=ratio if plan.prune_num_heads else 0.0,
+                channel_groups={},
             )
 
-    def _one_shot(self, model: nn.Module, example: torch.Tensor, ignored: list[nn.Module], ratio: float,
-                  calibration: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+    def _isolated(self, model: nn.Module, example: torch.Tensor, ratio: float,
+                  calibration: list[tuple[torch.Tensor, torch.Tensor]], plan: PrunePlan) -> None:
+        """Prune each of ``plan.isolated``'s blocks on its own, from the input it sees in a forward of ``model``."""
         if ratio > self.config.max_channel_ratio:
             raise ConfigError(f"channel ratio {ratio} exceeds max_channel_ratio {self.config.max_channel_ratio}")
-        pruner = self._pruner(model, example, ignored, ratio, 1)
+        inputs: dict[nn.Module, torch.Tensor] = {}
+        handles = [block.register_forward_pre_hook(lambda m, args: inputs.setdefault(m, args[0].detach()[:1].clone()))
+                   for block, _ in plan.isolated]
+        try:
+            with torch.no_grad():
+                model(example)
+        finally:
+            for handle in handles:
+                handle.remove()
         self.prepare_step(model, calibration)
-        pruner.step()
+        for block, keep in plan.isolated:
+            pruner = self._pruner(block, inputs[block], keep, ratio, 1, PrunePlan())
+            self._step(block, pruner, plan)
+
+    @staticmethod
+    def _step(model: nn.Module, pruner: tp.pruner.BasePruner, plan: PrunePlan) -> None:
+        with _torch_pruning_errors(model, "prune"):
+            pruner.step()
+        plan.finalize()
+
+    def _one_shot(self, model: nn.Module, example: torch.Tensor, ignored: list[nn.Module], ratio: float,
+                  calibration: list[tuple[torch.Tensor, torch.Tensor]], plan: PrunePlan) -> None:
+        if ratio > self.config.max_channel_ratio:
+            raise ConfigError(f"channel ratio {ratio} exceeds max_channel_ratio {self.config.max_channel_ratio}")
+        pruner = self._pruner(model, example, ignored, ratio, 1, plan)
+        self.prepare_step(model, calibration)
+        self._step(model, pruner, plan)
 
     def _progressive(self, model: nn.Module, example: torch.Tensor, ignored: list[nn.Module], ratio: float,
                      ratio_of: str, measure: Callable[[nn.Module], int],
-                     calibration: list[tuple[torch.Tensor, torch.Tensor]]) -> str:
+                     calibration: list[tuple[torch.Tensor, torch.Tensor]], plan: PrunePlan) -> str:
         """Progressive local pruning to the step whose removed fraction of ``measure`` is closest to ``ratio``.
 
         The per-layer channel ratio rises through :func:`channel_ratio_schedule` (the points where some layer's
         kept channel count drops) on a copy of the model, re-scoring channels (and, for Taylor, recomputing
         gradients) after every step, until ``ratio`` is reached. The prunes of the best step are then
-        replayed on ``model`` from torch-pruning's pruning history (``DependencyGraph.load_pruning_history``)."""
+        replayed on ``model`` from torch-pruning's pruning history (``DependencyGraph.load_pruning_history``).
+        Attention heads follow the same ratio schedule as the channels."""
         schedule = channel_ratio_schedule(model, ignored, self.config.max_channel_ratio, self.config.progressive_step)
         if not schedule:
             raise ConfigError(f"nothing to prune in {type(model).__name__}: every layer is kept whole")
@@ -186,12 +278,13 @@ class TorchPruningPruner(Pruner):
         trial = copy.deepcopy(model)
         modules = dict(trial.named_modules())
         names = {m: n for n, m in model.named_modules()}
+        trial_plan = plan_pruning(trial, ratio=schedule[-1])
         pruner = self._pruner(trial, example, [modules[names[m]] for m in ignored], schedule[-1], len(schedule),
-                              scheduler=lambda _ratio, _steps: [0.0, *schedule])
+                              trial_plan, scheduler=lambda _ratio, _steps: [0.0, *schedule])
         best = (ratio, 0, 0.0, 0.0)  # (|achieved - ratio|, history length, achieved, channel ratio)
         self.prepare_step(trial, calibration)
         for k, channel_ratio in enumerate(schedule, 1):
-            pruner.step()
+            self._step(trial, pruner, trial_plan)
             achieved = 1.0 - measure(trial) / before
             logger.debug("progressive step %d/%d: channel ratio %.4f, %s removed %.4f", k, len(schedule),
                          channel_ratio, ratio_of, achieved)
@@ -202,9 +295,11 @@ class TorchPruningPruner(Pruner):
             self.prepare_step(trial, calibration)
         history = list(pruner.pruning_history()[:best[1]])
         del trial, pruner
-        with torch_pruning_warnings_logged():
+        with torch_pruning_warnings_logged(), _torch_pruning_errors(model, "trace"), plan.traced():
             graph = tp.DependencyGraph().build_dependency(model, example_inputs=example)
-        graph.load_pruning_history(history)
+        with _torch_pruning_errors(model, "prune"):
+            graph.load_pruning_history(history)
+        plan.finalize()
         note = (f"progressive pruning: per-layer channel ratio {best[3]:.4f} removed {best[2]:.1%} of the "
                 f"{ratio_of} (asked {ratio:.1%}; the closest of the steps, which are the points where a layer "
                 f"loses a channel)")
@@ -215,15 +310,28 @@ class TorchPruningPruner(Pruner):
 
     @staticmethod
     def _verify(model: nn.Module, example: torch.Tensor, out_shape: torch.Size) -> None:
-        try:
-            with torch.no_grad():
-                out = model(example)
-        except RuntimeError as exc:
-            raise DFCompressError(
-                f"the pruned {type(model).__name__} no longer runs ({exc}); an untraced channel coupling? "
-                f"Report the architecture") from exc
-        if out.shape != out_shape:
-            raise DFCompressError(f"pruning changed the output shape {tuple(out_shape)} -> {tuple(out.shape)}")
+        """The pruned model runs in eval mode and, on a copy (BatchNorm statistics untouched), in train mode
+        with a batch of two, and gives a logits tensor of the unpruned shape in both."""
+        train_copy = copy.deepcopy(model).train()
+        pair = example.expand(2, *example.shape[1:]).clone()
+        for mode, run, x in (("eval", model, example), ("train", train_copy, pair)):
+            try:
+                with torch.no_grad():
+                    out = run(x)
+            except (RuntimeError, ValueError, IndexError, TypeError, AssertionError) as exc:
+                message = " ".join(str(exc).split())[:300]
+                raise DFCompressError(
+                    f"the pruned {type(model).__name__} no longer runs in {mode} mode ({type(exc).__name__}: "
+                    f"{message}): a channel coupling torch-pruning 1.6 does not trace; report the architecture"
+                ) from exc
+            if not isinstance(out, torch.Tensor):
+                raise DFCompressError(f"the pruned {type(model).__name__} returns {type(out).__name__} in {mode} mode, "
+                                      "not a logits tensor")
+            expected = out_shape if mode == "eval" else torch.Size((2, *out_shape[1:]))
+            if out.shape != expected:
+                raise DFCompressError(f"pruning changed the output shape {tuple(expected)} -> {tuple(out.shape)} "
+                                      f"({mode} mode)")
+        del train_copy
 
 
 def channel_ratio_schedule(model: nn.Module, ignored: list[nn.Module], top: float, min_step: float) -> list[float]:
@@ -275,7 +383,7 @@ class BNScalePruner(TorchPruningPruner):
     def importance(self) -> tp.importance.Importance:
         return tp.importance.BNScaleImportance(normalizer=None)
 
-    def check_model(self, model: nn.Module, notes: list[str]) -> None:
+    def check_criterion(self, model: nn.Module, notes: list[str]) -> None:
         if not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
             raise ConfigError(f"pruner bn_scale needs BatchNorm layers, {type(model).__name__} has none; use l1")
         notes.append("bn_scale: channel groups without a BatchNorm layer are not pruned")
