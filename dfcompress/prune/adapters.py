@@ -199,8 +199,8 @@ UNSUPPORTED: dict[str, tuple[str, str]] = {
     "timm.models.fasternet.Partial_conv3": (
         "FasterNet", "partial convolutions split the channels at a stored width (dim_conv3)"),
     "timm.layers.mixed_conv2d.MixedConv2d": (
-        "MixNet", "mixed convolutions split their input at stored widths, one conv per split, which torch-pruning "
-        "1.6 mis-traces"),
+        "MixNet", ("mixed convolutions split their input at stored widths, one conv per split, which torch-pruning "
+                   "1.6 mis-traces")),
     "timm.layers.eca.EcaModule": ("ECA", _ECA),
     "timm.layers.eca.CecaModule": ("ECA", _ECA),
     "timm.layers.std_conv.ScaledStdConv2d": ("NFNet", _STD_CONV),

@@ -149,9 +149,9 @@ class TorchPruningPruner(Pruner):
         names = {m: n for n, m in model.named_modules()}
         heads = _heads(model, classifier)
         ignored: list[nn.Module] = [*heads, *plan.ignored]
-        notes = [f"classifier head{'s' if len(heads) > 1 else ''} {', '.join(repr(names[h]) for h in heads)} "
-                 f"keep{'' if len(heads) > 1 else 's'} {'their' if len(heads) > 1 else 'its'} {out_shape[1]} outputs",
-                 *plan.notes]
+        several = len(heads) > 1
+        notes = [(f"classifier head{'s' if several else ''} {', '.join(repr(names[h]) for h in heads)} "
+                  f"keep{'' if several else 's'} {'their' if several else 'its'} {out_shape[1]} outputs"), *plan.notes]
         self.check_criterion(model, notes)
         if plan.isolated:
             if ratio_of != "channels":
