@@ -57,6 +57,8 @@ class RunConfig:
                                       "it, e.g. timm/torchvision specs with a 10-class head (default: the source's)")
     image_size: Optional[int] = _opt(None, "input height = width of the teacher (and student) in pixels, for sources "
                                      "that allow it (default: the source's)")
+    fuse_bn: bool = _opt(False, "fold the teacher's BatchNorm layers into its convolutions first, as deployed models "
+                         "often are (methods that need BatchNorm statistics then refuse it; seeded and imagine work)")
     task: str = _opt("prune", "what to do with the synthetic images (see `dfcompress plugins`)")
     synth: str = _opt("natural", "synthesizer (model inversion method)")
     student: Optional[str] = _opt(None, "student model spec for --task distill (default: the teacher's architecture)")
@@ -141,7 +143,7 @@ class RunConfig:
 SCALAR_FIELDS = [o for o in options_of(RunConfig) if o.name not in COMPONENT_TABLES]
 #: the run settings that decide a synthetic data set (the options of ``dfcompress synthesize``)
 SYNTHESIZE_FIELDS = [o for o in SCALAR_FIELDS if o.name in {
-    "teacher", "weights", "trust_weights", "num_classes", "image_size", "synth", "num_images", "batch_size", "labels", "iterations", "device",
+    "teacher", "weights", "trust_weights", "num_classes", "image_size", "fuse_bn", "synth", "num_images", "batch_size", "labels", "iterations", "device",
     "precision", "memory_format", "seed"}]
 
 

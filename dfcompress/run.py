@@ -254,6 +254,12 @@ class Run:
                     self.config.teacher, weights=self.config.weights, trust_weights=self.config.trust_weights,
                     device=self.ctx.device, num_classes=self.config.num_classes, image_size=self.config.image_size,
                 )
+                if self.config.fuse_bn:
+                    from .models.fusion import fuse_batchnorm
+
+                    example = self._teacher.input.example_input(2, self.ctx.device).normal_()
+                    fused, _ = fuse_batchnorm(self._teacher.model, example)
+                    self._teacher = replace(self._teacher, model=fused)
                 self.ctx.layout(self._teacher.model)
         return self._teacher
 

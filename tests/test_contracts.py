@@ -54,16 +54,24 @@ def _one_thread(one_thread):
 
 @pytest.fixture(scope="module")
 def guides(tmp_path_factory) -> dict:
-    """Options for ``needs_guides`` synthesizers: class statistics of the kit's tiny teacher (for seeded)."""
+    """Options for ``needs_guides`` synthesizers, each taking the keys its Config has: class statistics of the
+    kit's tiny teacher (seeded's ``stats``) and an image folder of two guides per class (imagine's ``guides``)."""
+    from PIL import Image
+
     from dfcompress.synth.labels import make_labels
     from dfcompress.synth.seeded_stats import collect_stats
 
     teacher = tiny_teacher()
     g = torch.Generator().manual_seed(0)
     images = (torch.rand(20, 3, *teacher.input.image_size, generator=g) * 255).to(torch.uint8)
-    path = collect_stats(teacher, images, make_labels(20, 10), layers="Conv2d").save(
-        tmp_path_factory.mktemp("guides") / "stats.safetensors")
-    return {"stats": str(path)}
+    labels = make_labels(20, 10)
+    root = tmp_path_factory.mktemp("guides")
+    path = collect_stats(teacher, images, labels, layers="Conv2d").save(root / "stats.safetensors")
+    for i, (image, label) in enumerate(zip(images, labels.tolist())):
+        folder = root / "folder" / f"class{label}"
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image.permute(1, 2, 0).numpy()).save(folder / f"{i}.png")
+    return {"stats": str(path), "guides": str(root / "folder")}
 
 
 # --------------------------------------------------------------------------- every component passes
@@ -90,7 +98,7 @@ def test_every_component_passes_its_contract(kind, name, guides):
     fields = {f.name for f in dataclasses.fields(cls.Config)}
     options = {k: v for k, v in SMALL.items() if k in fields}
     if getattr(cls, "needs_guides", False):
-        options.update(guides)
+        options.update({k: v for k, v in guides.items() if k in fields})
     CHECKS[kind](cls, options)
 
 

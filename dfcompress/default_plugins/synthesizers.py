@@ -13,3 +13,5 @@ def register_synthesizers(register):
              summary="Seed-conditional inversion: class-conditional feature statistics from seed images")
     register("dfcompress.synth.fast:FastSynthesizer", name="fast",
              summary="Fast: a meta-learned generator that synthesizes while the student trains (online)")
+    register("dfcompress.synth.imagine:Imagine", name="imagine",
+             summary="IMAGINE: image-guided inversion, matching a guide image's features at every level + a patch GAN")

@@ -48,8 +48,8 @@ def require_batchnorm(teacher: Teacher, method: str) -> None:
     if not find_bn_layers(teacher.model):
         raise UnsupportedTeacherError(
             f"{method} needs a teacher with BatchNorm running statistics, and {teacher.spec or 'this teacher'} "
-            "has none (BN-free or BN-fused); use --synth seeded with class statistics collected by "
-            "'dfcompress stats collect'"
+            "has none (BN-free or BN-fused, e.g. --fuse-bn); use --synth imagine with a few real guide images "
+            "(-s guides=FOLDER) or --synth seeded with class statistics collected by 'dfcompress stats collect'"
         )
 
 
