@@ -38,6 +38,7 @@ DEFAULT_PLUGINS = (
     "dfcompress.commands.data",
     "dfcompress.commands.stats",
     "dfcompress.commands.bench",
+    "dfcompress.commands.imagine",
 )
 
 

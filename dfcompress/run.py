@@ -255,11 +255,9 @@ class Run:
                     device=self.ctx.device, num_classes=self.config.num_classes, image_size=self.config.image_size,
                 )
                 if self.config.fuse_bn:
-                    from .models.fusion import fuse_batchnorm
+                    from .models.fusion import fused_teacher
 
-                    example = self._teacher.input.example_input(2, self.ctx.device).normal_()
-                    fused, _ = fuse_batchnorm(self._teacher.model, example)
-                    self._teacher = replace(self._teacher, model=fused)
+                    self._teacher = fused_teacher(self._teacher)
                 self.ctx.layout(self._teacher.model)
         return self._teacher
 

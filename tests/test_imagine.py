@@ -218,3 +218,53 @@ def test_imagine_synthesizes_for_a_fused_teacher(tmp_path):
     synth = _imagine(teacher, _guides(tmp_path, teacher), iterations=3)
     batch = synth.synthesize_batch(torch.arange(10), generator=torch.Generator().manual_seed(0))
     assert batch.images.shape == (10, 3, 16, 16) and batch.metrics["loss_fm"] > 0
+
+
+# -- dfcompress imagine -------------------------------------------------------------------------------------
+
+def _digit(path, index: int = 3):
+    import numpy as np
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    Image.fromarray((digits.images[index] / 16 * 255).astype(np.uint8)).resize((32, 32)).save(path)
+    return str(path), int(digits.target[index])
+
+
+def _cli(*args) -> int:
+    from dfcompress.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["-q", *args])
+        raise SystemExit(0)
+    return exc.value.code or 0
+
+
+def test_imagine_command_end_to_end_on_the_demo_teacher(tmp_path, capsys):
+    photo, digit = _digit(tmp_path / "three.png")
+    out = tmp_path / "out"
+    args = ["imagine", photo, "--num-images", "3", "--iterations", "4", "-s", "d_width=8", "--device", "cpu",
+            "--out", str(out)]
+    assert _cli(*args) == 0
+    report = __import__("json").loads((out / "report.json").read_text())
+    row = report["photos"][0]
+    assert row["photo"] == "three.png" and row["target_class"] == digit and row["class"] == digit
+    assert row["outputs"] == 3 and 0 <= row["agreement"] <= 1 and -1 <= row["fidelity"] <= 1
+    assert sorted(p.name for p in (out / "images" / "three").iterdir()) == ["000.png", "001.png", "002.png"]
+    assert (out / "grid.png").is_file() and "three.png" in (out / "report.md").read_text()
+    before = (out / "images" / "three" / "000.png").read_bytes()
+    capsys.readouterr()
+    assert _cli(*args) == 0  # finished photos are kept, not made again
+    assert (out / "images" / "three" / "000.png").read_bytes() == before
+
+
+def test_imagine_command_bad_input_is_one_line(tmp_path, capsys):
+    text = tmp_path / "notes.png"
+    text.write_text("not an image")
+    for args, words in ((["imagine", str(tmp_path / "missing.png")], "no such photo"),
+                        (["imagine", str(text)], "not a readable image"),
+                        (["imagine", str(text), "--num-images", "0"], "--num-images must be at least 1"),
+                        (["imagine", str(text), "-s", "target=zebra"], "target must be")):
+        assert _cli(*args, "--out", str(tmp_path / "o")) == 2
+        err = capsys.readouterr().err
+        assert len([x for x in err.splitlines() if x.strip()]) == 1 and words in err, err

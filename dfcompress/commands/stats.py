@@ -17,6 +17,8 @@ def stats() -> None:
 @stats.command("collect")
 @click.option("--teacher", "teacher_spec", required=True, help="teacher spec, e.g. cifar:resnet56 or timm:resnet18")
 @click.option("--weights", default=None, help="teacher weights file (state dict)")
+@click.option("--fuse-bn", is_flag=True, help="fold the teacher's BatchNorms into its convolutions first (collect for "
+                                              "a run with --fuse-bn: the layer outputs differ)")
 @click.option("--data", "data_spec", required=True,
               help="labelled images: a class-per-folder directory of seed images, or a data spec (cifar10:PATH:train)")
 @click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False), help="output .safetensors file")
@@ -31,6 +33,7 @@ def stats() -> None:
 def collect(
     teacher_spec: str,
     weights: str | None,
+    fuse_bn: bool,
     data_spec: str,
     out_path: str,
     per_class: int | None,
@@ -48,6 +51,10 @@ def collect(
 
     dev = resolve_device(device)
     teacher = load_teacher(teacher_spec, weights=weights, device=dev)
+    if fuse_bn:
+        from ..models.fusion import fused_teacher
+
+        teacher = fused_teacher(teacher)
     data = load_data(data_spec, teacher.input, teacher=teacher_spec)
     if per_class is not None:
         data = data.subset_per_class(per_class, seed=seed)

@@ -90,3 +90,14 @@ def _replace(model: nn.Module, name: str, module: nn.Module) -> None:
     parent_name, _, child = name.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
     setattr(parent, child, module)
+
+
+def fused_teacher(teacher: Any) -> Any:
+    """``teacher`` (a :class:`~dfcompress.components.Teacher`) with its BatchNorms folded (``--fuse-bn``),
+    checked on a random batch of two at its input size."""
+    from dataclasses import replace
+
+    device = next((p.device for p in teacher.model.parameters()), torch.device("cpu"))
+    generator = torch.Generator().manual_seed(0)
+    example = torch.randn((2, teacher.input.channels, *teacher.input.image_size), generator=generator).to(device)
+    return replace(teacher, model=fuse_batchnorm(teacher.model, example)[0])

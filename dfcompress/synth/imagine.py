@@ -25,7 +25,9 @@ BN-free and BN-fused teachers work.
 Where the paper is silent (choices, see docs/synthesizers.md): lambda, gamma and the learning rates; the
 discriminator's padding (none, as SinGAN's) and its loss (binary cross-entropy on the patch logits); one
 discriminator per batch shared by the batch's targets (the paper optimises one target at a time, up to 16
-outputs; ``dfcompress imagine`` does the same), crops of side 75-100 % of the target.
+outputs; ``dfcompress imagine`` does the same), which sees 16 random outputs of the batch per iteration
+(``d_batch``: its cost stays that of the paper's batch however large the batch), crops of side 75-100 % of the
+target.
 """
 from __future__ import annotations
 
@@ -67,6 +69,9 @@ class ImagineConfig:
     d_scale: float = field(default=0.1, metadata={"help": "gamma, weight of the patch-consistency (adversarial) term"})
     d_lr: float = field(default=2e-4, metadata={"help": "Adam learning rate of the discriminator (betas 0.5, 0.999)"})
     d_width: int = field(default=128, metadata={"help": "channels of the discriminator (supplement Table 1: 128)"})
+    d_batch: int = field(default=16, metadata={
+        "help": "outputs (and as many target views) the discriminator sees per iteration, drawn at random; the "
+                "paper's batch is 16 outputs of one target (0: the whole batch)"})
     tv_scale: float = field(default=1e-3, metadata={"help": "alpha_TV, weight of the 4-direction total variation"})
     l2_scale: float = field(default=0.0, metadata={"help": "alpha_l2, weight of ||x||_2"})
     layers: str = field(default="Conv2d", metadata={
@@ -183,8 +188,8 @@ class Imagine(InversionSynthesizer):
             raise ConfigError(f"imagine: target must be predicted, guide or a class index, got {cfg.target!r}")
         if not 0.0 < cfg.crop_min <= 1.0:
             raise ConfigError(f"imagine: crop_min must be in (0, 1], got {cfg.crop_min}")
-        if cfg.guides_per_class < 0 or cfg.d_width < 1:
-            raise ConfigError("imagine: guides_per_class must be >= 0 and d_width >= 1")
+        if cfg.guides_per_class < 0 or cfg.d_width < 1 or cfg.d_batch < 0:
+            raise ConfigError("imagine: guides_per_class and d_batch must be >= 0, d_width >= 1")
 
     def setup(self, teacher: Teacher) -> None:
         cfg = self.config
@@ -200,12 +205,19 @@ class Imagine(InversionSynthesizer):
         if cfg.target.isdigit() and int(cfg.target) >= teacher.input.num_classes:
             raise ConfigError(f"imagine: target class {cfg.target} is not below the teacher's "
                               f"{teacher.input.num_classes} classes")
-        pixels = data.images.float().div(255.0)
+        self.use_guides(data.images, data.labels)
+
+    def use_guides(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> Guides:
+        """Take ``images`` (uint8 or [0, 1] pixels at the teacher's input size) as the guides; ``labels`` default
+        to the teacher's predicted classes (photos without a class: ``dfcompress imagine``)."""
+        teacher = self.teacher
+        pixels = images.float().div(255.0) if not images.is_floating_point() else images.float()
         with torch.no_grad(), self.ctx.autocast():
             predicted = torch.cat([teacher.model(teacher.input.normalize(pixels[i:i + 256].to(self.ctx.device)))
                                    .argmax(1).cpu() for i in range(0, len(pixels), 256)])
-        self.guides = Guides(pixels, data.labels, predicted)
-        self.layers = select_layers(teacher.model, cfg.layers)
+        self.guides = Guides(pixels, predicted if labels is None else labels, predicted)
+        self.layers = select_layers(teacher.model, self.config.layers)
+        return self.guides
 
     def check_labels(self, labels: torch.Tensor) -> None:
         missing = sorted(set(labels.tolist()) - set(self.guides.by_class))
@@ -230,12 +242,18 @@ class Imagine(InversionSynthesizer):
         return weights
 
     def invert(self, labels: torch.Tensor, generator: torch.Generator, student: nn.Module | None) -> SynthBatch:
+        self.check_labels(labels.cpu())
+        aux = cpu_generator_from(generator)
+        return self.imagine(self.guides.pick(labels.cpu(), aux), labels, generator, aux)
+
+    def imagine(self, picks: torch.Tensor, labels: torch.Tensor, generator: torch.Generator,
+                aux: torch.Generator | None = None) -> SynthBatch:
+        """Outputs for the guides ``picks`` (indices into :attr:`guides`, one per output), labelled ``labels``."""
         cfg, ctx, teacher = self.config, self.ctx, self.teacher
         start = time.perf_counter()
         device = ctx.device
-        self.check_labels(labels.cpu())
-        aux = cpu_generator_from(generator)
-        picks = self.guides.pick(labels.cpu(), aux)
+        labels = labels.to(device)
+        aux = aux if aux is not None else cpu_generator_from(generator)
         targets = teacher.input.normalize(self.guides.pixels[picks].to(device))
         y_star = self.cross_entropy_targets(picks, labels)
         x = noise_pixels(teacher, labels.numel(), generator, device).requires_grad_(True)
@@ -268,8 +286,12 @@ class Imagine(InversionSynthesizer):
                 terms["loss_fm"] = feature_matching_loss(capture.outputs, target_features)
                 capture.outputs = {}
             if discriminator is not None and d_optimizer is not None:
-                terms["loss_d"] = discriminator_step(discriminator, d_optimizer, target_views, x_jit)
-                terms["loss_adv"] = patch_consistency(discriminator, x_jit)
+                real, fake = target_views, x_jit
+                if 0 < cfg.d_batch < x_jit.shape[0]:
+                    chosen = torch.randperm(x_jit.shape[0], generator=aux)[:cfg.d_batch].to(device)
+                    real, fake = target_views.index_select(0, chosen), x_jit.index_select(0, chosen)
+                terms["loss_d"] = discriminator_step(discriminator, d_optimizer, real, fake)
+                terms["loss_adv"] = patch_consistency(discriminator, fake)
             return weighted_total(terms, weights), terms, x
 
         try:
