@@ -192,6 +192,17 @@ class SyntheticData:
         return int(self.labels.numel())
 
 
+def random_batches(data: SyntheticData, input_spec: Any, *, count: int, batch_size: int,
+                   seed: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """``count`` images of ``data`` drawn at random (a seeded permutation), normalised for ``input_spec``, with
+    their labels, in CPU batches of ``batch_size``: calibration images for quantization, data-driven pruning
+    criteria."""
+    generator = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(data), generator=generator)[:count]
+    return [(input_spec.normalize(data.images[idx].float().div(255)), data.labels[idx])
+            for idx in (order[start:start + batch_size] for start in range(0, len(order), batch_size))]
+
+
 def read_shard(directory: str | Path, shard: dict) -> dict[str, torch.Tensor]:
     """The tensors of one manifest entry, checked against its checksum (a DataError naming the file)."""
     from safetensors import SafetensorError

@@ -2,10 +2,8 @@
 from __future__ import annotations
 
 import copy
-import math
 from typing import TYPE_CHECKING, Any, ClassVar
 
-import torch
 from torch import nn
 
 from ..components import Task
@@ -61,7 +59,11 @@ class PruneTask(Task):
         model = _train_copy(teacher.model)
         batches = None
         if pruner.needs_data:
-            batches = list(_batches(run, data, batch_size=min(64, len(data)), limit=4))
+            from ..data.synthetic import random_batches
+
+            size = min(64, len(data))
+            batches = [(x.to(run.ctx.device), y.to(run.ctx.device)) for x, y in
+                       random_batches(data, teacher.input, count=4 * size, batch_size=size, seed=run.config.seed)]
         with run.stage("prune"):
             result = pruner.prune(model, teacher.input, ratio=run.config.ratio, ratio_of=run.config.ratio_of,
                                   batches=batches)
@@ -91,12 +93,3 @@ class PruneTask(Task):
         run.follow_up(pruned, source="final", data=data)
         return run.metrics
 
-
-def _batches(run: Run, data: Any, *, batch_size: int, limit: int):
-    """Normalised (images, labels) batches of the synthetic set for data-driven pruning criteria."""
-    generator = torch.Generator().manual_seed(run.config.seed)
-    order = torch.randperm(len(data), generator=generator)
-    for i in range(min(limit, math.ceil(len(data) / batch_size))):
-        idx = order[i * batch_size:(i + 1) * batch_size]
-        images = run.teacher.input.normalize(data.images[idx].float().div(255)).to(run.ctx.device)
-        yield images, data.labels[idx].to(run.ctx.device)

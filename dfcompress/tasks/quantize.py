@@ -12,28 +12,17 @@ import copy
 import logging
 from typing import TYPE_CHECKING, Any
 
-import torch
 from torch import nn
 
 from ..components import Task
 from ..errors import ConfigError
+from ..data.synthetic import random_batches
 from ..evaluation import _record_size, assess_synthetic, eval_predictions_of, evaluate_model
 
 if TYPE_CHECKING:
     from ..run import Run
 
 logger = logging.getLogger(__name__)
-
-
-def calibration_batches(data: Any, input_spec: Any, *, count: int, batch_size: int, seed: int) -> list[torch.Tensor]:
-    """``count`` images drawn at random (seeded) from a synthetic data set, normalised, in CPU batches."""
-    generator = torch.Generator().manual_seed(seed)
-    order = torch.randperm(len(data), generator=generator)[:count]
-    batches = []
-    for start in range(0, len(order), batch_size):
-        idx = order[start:start + batch_size]
-        batches.append(input_spec.normalize(data.images[idx].float().div(255)))
-    return batches
 
 
 class QuantizeTask(Task):
@@ -68,8 +57,8 @@ class QuantizeTask(Task):
         cfg = quantizer.config
         spec = run.teacher.input
         row = f"{source}-{quantizer.precision}"
-        batches = calibration_batches(data, spec, count=cfg.calib_images, batch_size=cfg.calib_batch_size,
-                                      seed=run.config.seed)
+        batches = [x for x, _ in random_batches(data, spec, count=cfg.calib_images, batch_size=cfg.calib_batch_size,
+                                                seed=run.config.seed)]
         with run.stage("quantize"):
             result = quantizer.quantize(model, spec, batches=batches, label=source)
         path = run.out_dir / f"{row}.pt2"
