@@ -372,3 +372,18 @@ def test_pruned_files_keep_module_versions_and_older_files_still_load(tmp_path):
     for p in (path, tmp_path / "old.pt"):
         with torch.no_grad():
             assert torch.equal(load_pruned(p, build_mnasnet()).eval()(x), out)
+
+
+def test_check_model_refuses_what_the_real_prune_would_refuse():
+    """A params target on block-by-block pruning (ShuffleNetV2) and bn_scale on a model without BatchNorm fail in
+    the trial, before any synthesis, not after it."""
+    import torchvision
+
+    shuffle = torchvision.models.shufflenet_v2_x0_5(weights=None, num_classes=10).eval()
+    with pytest.raises(ConfigError, match="--ratio-of channels"):
+        L1Pruner().check_model(shuffle, SPEC, ratio=0.5, ratio_of="params")
+    L1Pruner().check_model(shuffle, SPEC, ratio=0.5)
+    no_bn = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                          nn.Linear(8, 10)).eval()
+    with pytest.raises(ConfigError, match="bn_scale needs BatchNorm"):
+        BNScalePruner().check_model(no_bn, SPEC, ratio=0.5)

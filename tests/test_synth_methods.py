@@ -3,6 +3,7 @@ one-to-one generator and ACS, the seeded statistics file and loss, and the teach
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 import torch
@@ -49,12 +50,21 @@ def stats_file(tiny_teacher, tmp_path):
     images = (torch.rand(20, 3, 32, 32, generator=g) * 255).to(torch.uint8)
     labels = make_labels(20, 10)
     stats = collect_stats(tiny_teacher, images, labels, layers="Conv2d")
+    # the same images as an image folder: the guides of needs_guides methods that take images (imagine)
+    from PIL import Image
+
+    for i, (image, label) in enumerate(zip(images, labels.tolist())):
+        folder = tmp_path / "guides" / f"class{label}"
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image.permute(1, 2, 0).numpy()).save(folder / f"{i}.png")
     return stats.save(tmp_path / "stats.safetensors")
 
 
 def _make(entry_cls, ctx, stats_path, **extra):
     names = {f.name for f in dataclasses.fields(entry_cls.Config)}
-    opts = {k: v for k, v in {"iterations": 2, "stats": str(stats_path), **extra}.items() if k in names}
+    guides = str(Path(stats_path).parent / "guides")
+    opts = {k: v for k, v in {"iterations": 2, "stats": str(stats_path), "guides": guides, "d_width": 8,
+                              **extra}.items() if k in names}
     return entry_cls(entry_cls.Config(**opts), ctx)
 
 

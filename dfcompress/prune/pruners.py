@@ -100,6 +100,13 @@ def _torch_pruning_errors(model: nn.Module, what: str) -> Iterator[None]:
                               f"{message}. Report the architecture; meanwhile prune another one") from exc
 
 
+def _check_ratio_of_plan(model: nn.Module, plan: PrunePlan, ratio_of: str) -> None:
+    """Blocks pruned one by one (ShuffleNetV2) take a channel ratio only."""
+    if plan.isolated and ratio_of != "channels":
+        raise ConfigError(f"{type(model).__name__} is pruned block by block (channel shuffle); a {ratio_of} target "
+                          "is not supported for it: use --ratio-of channels")
+
+
 def _heads(model: nn.Module, classifier: nn.Module) -> list[nn.Module]:
     """The classifier and every other layer of its type and output width (DeiT's ``head_dist``, ...)."""
     width = classifier.weight.shape[0]
@@ -153,10 +160,8 @@ class TorchPruningPruner(Pruner):
         notes = [(f"classifier head{'s' if several else ''} {', '.join(repr(names[h]) for h in heads)} "
                   f"keep{'' if several else 's'} {'their' if several else 'its'} {out_shape[1]} outputs"), *plan.notes]
         self.check_criterion(model, notes)
+        _check_ratio_of_plan(model, plan, ratio_of)
         if plan.isolated:
-            if ratio_of != "channels":
-                raise ConfigError(f"{type(model).__name__} is pruned block by block (see the notes of --ratio-of "
-                                  f"channels); a {ratio_of} target is not supported for it: use --ratio-of channels")
             self._isolated(model, example, float(ratio), calibration, plan)
             notes.append(f"local pruning: each prunable layer inside those blocks lost {ratio:.0%} of its output "
                          "channels (floor)")
@@ -202,6 +207,8 @@ class TorchPruningPruner(Pruner):
         _check_ratio(ratio, ratio_of)
         check_supported(model)
         trial = copy.deepcopy(model)
+        self.check_criterion(trial, [])
+        _check_ratio_of_plan(trial, plan_pruning(copy.deepcopy(trial), ratio=float(ratio)), ratio_of)
         shared = {f.name: getattr(self.config, f.name) for f in fields(PruneOptions)}
         trial_pruner = L1Pruner(MagnitudeOptions(**shared), ctx=self.ctx)
         trial_pruner.prune(trial, input_spec, ratio=min(float(ratio) if ratio_of == "channels" else 0.5,
