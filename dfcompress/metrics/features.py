@@ -85,3 +85,13 @@ def logits_and_features(model: nn.Module, images_uint8: torch.Tensor, input_spec
             handle.remove()
     logits = torch.cat(outputs) if outputs else torch.empty(0, 0)
     return logits, (torch.cat(captured) if features and captured else None)
+
+
+def forward_with_hooks(model: nn.Module, example: torch.Tensor, handles: list) -> None:
+    """One no-grad forward of ``model`` on ``example`` for the hooks of ``handles``, which are removed after it."""
+    try:
+        with torch.no_grad():
+            model(example)
+    finally:
+        for handle in handles:
+            handle.remove()

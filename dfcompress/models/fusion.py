@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
+from ..metrics.features import forward_with_hooks
 
 logger = logging.getLogger(__name__)
 
@@ -46,12 +47,7 @@ def conv_batchnorm_pairs(model: nn.Module, example: torch.Tensor) -> list[tuple[
             handles.append(module.register_forward_hook(after_conv(name)))
         elif isinstance(module, nn.BatchNorm2d) and module.track_running_stats:
             handles.append(module.register_forward_pre_hook(before_bn(name)))
-    try:
-        with torch.no_grad():
-            model(example)
-    finally:
-        for handle in handles:
-            handle.remove()
+    forward_with_hooks(model, example, handles)
     return pairs
 
 

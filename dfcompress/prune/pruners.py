@@ -35,7 +35,7 @@ from torch_pruning.pruner.algorithms.scheduler import linear_scheduler
 from ..components import InputSpec, Pruner, PruneResult
 from ..errors import ConfigError, DFCompressError
 from ..metrics.cost import count_macs, count_params
-from ..metrics.features import find_classifier, model_device
+from ..metrics.features import find_classifier, forward_with_hooks, model_device
 from .adapters import PrunePlan, check_supported, plan_pruning
 from .coupling import find_channel_pad_coupling, torch_pruning_warnings_logged
 
@@ -243,12 +243,7 @@ class TorchPruningPruner(Pruner):
         inputs: dict[nn.Module, torch.Tensor] = {}
         handles = [block.register_forward_pre_hook(lambda m, args: inputs.setdefault(m, args[0].detach()[:1].clone()))
                    for block, _ in plan.isolated]
-        try:
-            with torch.no_grad():
-                model(example)
-        finally:
-            for handle in handles:
-                handle.remove()
+        forward_with_hooks(model, example, handles)
         self.prepare_step(model, calibration)
         for block, keep in plan.isolated:
             pruner = self._pruner(block, inputs[block], keep, ratio, 1, PrunePlan())
