@@ -167,18 +167,23 @@ def run(ctx: click.Context, config_file, resume, as_json, synth_opt, distill_opt
     config = make_run_config(*_with_source_defaults(layers, registry))
     task_cls = registry.get("tasks", config.task)
     registry.get("synthesizers", config.synth)  # fail fast on unknown names, before any work
+    from .distributed import init_world
     from .run import Run
     from .report import summary_rows, text_table, write_report
 
-    with Run(config, registry, quiet=ctx.obj["quiet"]) as run_:
+    world = init_world(config.device)
+    with Run(config, registry, quiet=ctx.obj["quiet"], world=world) as run_:
         task = task_cls(ctx=run_.ctx)
         with graceful_stop(run_.ctx):
             try:
-                task.check(run_)  # everything that can fail without work fails here, in seconds
+                with world.main_first("the checks before work"):  # rank 0 fills the caches the others then read
+                    task.check(run_)  # everything that can fail without work fails here, in seconds
                 metrics = task.run(run_)
             except Interrupted as exc:
                 exc.resume_hint = f"dfcompress run --resume {run_.out_dir}"
                 raise
+        if not run_.is_main:
+            return
         write_report(run_.out_dir, config.to_toml(), metrics, run_.timings, run_.artifacts)
     if as_json:
         click.echo((run_.out_dir / "metrics.json").read_text())
@@ -202,15 +207,21 @@ def synthesize(ctx: click.Context, synth_opt, out, export_png, **values) -> None
               {"out": out, "synth_options": parse_assignments(synth_opt, flag="--synth-opt")}]
     config = make_run_config(*_with_source_defaults(layers, registry))
     registry.get("synthesizers", config.synth)
+    from .distributed import init_world
     from .run import Run
 
-    with Run(config, registry, quiet=ctx.obj["quiet"]) as run_:
+    world = init_world(config.device)
+    with Run(config, registry, quiet=ctx.obj["quiet"], world=world) as run_:
         with graceful_stop(run_.ctx):
             try:
+                with world.main_first("load the teacher"):  # rank 0 fills the caches the others then read
+                    _ = run_.teacher
                 data = run_.synthetic_data(directory=run_.out_dir)
             except Interrupted as exc:
                 exc.resume_hint = f"re-run the same command (dfcompress synthesize ... --out {out})"
                 raise
+    if not run_.is_main:
+        return
     click.echo(f"{len(data)} images in {out} (synthesis {run_.timings.get('synthesize', 0):.0f} s)")
     if export_png:
         from .data.synthetic import export_imagefolder
@@ -318,7 +329,24 @@ def build_cli() -> click.Group:
     return cli
 
 
+def _rank_prefix() -> str:
+    """``[rank N] `` in a run of several processes (torchrun), so that each line says which process wrote it."""
+    import os
+
+    return f"[rank {os.environ.get('RANK', '?')}] " if os.environ.get("WORLD_SIZE", "1") not in ("", "1") else ""
+
+
 def main(argv: list[str] | None = None) -> None:
+    try:
+        _main(argv)
+    finally:
+        if "torch.distributed" in sys.modules:
+            from .distributed import close_world
+
+            close_world()
+
+
+def _main(argv: list[str] | None) -> None:
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])
     try:
         build_cli().main(args=argv, prog_name="dfcompress", standalone_mode=False)
@@ -331,7 +359,7 @@ def main(argv: list[str] | None = None) -> None:
         click.echo("aborted", err=True)
         sys.exit(130)
     except Interrupted as exc:
-        click.echo(f"interrupted: {exc}", err=True)
+        click.echo(f"{_rank_prefix()}interrupted: {exc}", err=True)
         if exc.resume_hint:
             click.echo(f"resume with: {exc.resume_hint}", err=True)
         sys.exit(130)
@@ -341,8 +369,15 @@ def main(argv: list[str] | None = None) -> None:
     except DFCompressError as exc:
         if debug:
             raise
-        click.echo(f"error: {exc}", err=True)
+        click.echo(f"{_rank_prefix()}error: {exc}", err=True)
         sys.exit(exc.exit_code)
+    except RuntimeError as exc:
+        if debug or not _rank_prefix():  # outside torchrun a RuntimeError is a bug: show its traceback
+            raise
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        click.echo(f"{_rank_prefix()}error: {first} (another process of this run may have failed: see its message)",
+                   err=True)
+        sys.exit(2)
     except OSError as exc:
         if debug:
             raise

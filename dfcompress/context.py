@@ -9,6 +9,7 @@ from typing import Callable, Iterable, Iterator
 
 import torch
 
+from .distributed import SINGLE, World
 from .errors import ConfigError, NonFiniteLossError
 
 logger = logging.getLogger(__name__)
@@ -62,6 +63,8 @@ class RunContext:
     #: progress hook of inner loops: called after every step with (step, steps, loss values or None); the
     #: values come only every ``log_every`` steps, where the loop synchronises anyway (set by run_synthesis)
     on_step: Callable[[int, int, dict[str, float] | None], None] | None = field(default=None, repr=False, compare=False)
+    #: the processes of this run (:mod:`dfcompress.distributed`); one unless started by torchrun
+    world: World = SINGLE
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:

@@ -38,9 +38,12 @@ def evaluate_model(run: Run, name: str, model: nn.Module, *, compare_to_teacher:
     """Size, MACs and CPU latency (measured, or given as ``cost``, e.g. for a quantized program whose modules
     the counters cannot see); on real data (if any) top-1 (top-5 above 10 classes) and, with
     ``compare_to_teacher``, top-1 agreement with the teacher. Each model sees the data once (on ``device``,
-    by default the run's); its top-1 predictions are kept for the run (:func:`eval_predictions_of`)."""
+    by default the run's); its top-1 predictions are kept for the run (:func:`eval_predictions_of`). In a run of
+    several processes rank 0 evaluates and the others return an empty result."""
     from .metrics.classification import topk_accuracy
 
+    if not run.is_main:
+        return {}
     spec = run.teacher.input
     model.eval()
     result: dict[str, Any] = dict(cost) if cost is not None else {
@@ -80,7 +83,9 @@ def _eval_logits(run: Run, model: nn.Module, device: torch.device | str | None =
 
 
 def assess_synthetic(run: Run, data: Any) -> None:
-    """Quality of the synthetic set, without real data and, when there is some, against it."""
+    """Quality of the synthetic set, without real data and, when there is some, against it (rank 0's work)."""
+    if not run.is_main:
+        return
     with run.stage("assess synthetic"):
         quality = synthetic_quality(run.teacher, data.images, data.labels, device=run.ctx.device)
         real = run.eval_data

@@ -19,6 +19,7 @@ from ._version import __version__
 from .components import Component, Teacher
 from .config import RunConfig
 from .context import RunContext, resolve_device
+from .distributed import SINGLE, World, device_for
 from .errors import ConfigError, DFCompressError
 from .io import DirectoryLock, atomic_write_text
 from .registry import Registry
@@ -56,7 +57,7 @@ def environment() -> dict:
     }
 
 
-#: what a run directory holds before any stage has finished
+#: what a run directory holds before any stage has finished (and the logs of ranks other than 0: log-rank<N>.txt)
 RUN_BOOKKEEPING = frozenset({"config.toml", "env.json", "log.txt", ".lock"})
 
 
@@ -78,19 +79,25 @@ def same_request(previous_toml: str, current_toml: str) -> bool:
 
 def finished_nothing(directory: Path) -> bool:
     """Whether a run directory holds only the bookkeeping of a run that failed before finishing any stage."""
-    return all(p.name in RUN_BOOKKEEPING or (p.is_dir() and not any(p.iterdir())) for p in directory.iterdir())
+    return all(p.name in RUN_BOOKKEEPING or p.match("log-rank*.txt") or (p.is_dir() and not any(p.iterdir()))
+               for p in directory.iterdir())
 
 
 class Run:
     """Everything a task needs: config, context (device, seed), registry, run directory, teacher, metrics."""
 
-    def __init__(self, config: RunConfig, registry: Registry, *, quiet: bool = False, out_dir: Path | None = None) -> None:
+    def __init__(self, config: RunConfig, registry: Registry, *, quiet: bool = False, out_dir: Path | None = None,
+                 world: World = SINGLE) -> None:
         self.config = config
         self.registry = registry
+        if world.distributed and not (out_dir or config.out):
+            raise ConfigError("a run of several processes needs --out DIR (or --resume DIR): a directory every process "
+                              "sees, named the same on all of them")
         self.out_dir = Path(out_dir or config.out or default_out_dir(config))
         self.ctx = RunContext(
-            device=resolve_device(config.device), precision=config.precision, memory_format=config.memory_format,
-            seed=config.seed, out_dir=self.out_dir, quiet=quiet,
+            device=resolve_device(device_for(config.device, world)), precision=config.precision,
+            memory_format=config.memory_format, seed=config.seed, out_dir=self.out_dir,
+            quiet=quiet or not world.is_main, world=world,
         )
         self.metrics: dict[str, Any] = {}
         self.timings: dict[str, float] = {}
@@ -102,8 +109,40 @@ class Run:
         self._lock = DirectoryLock(self.out_dir)
         self._log_handler: logging.Handler | None = None
 
+    @property
+    def is_main(self) -> bool:
+        """Whether this process writes the run's reports and models (rank 0; the only process without torchrun)."""
+        return self.ctx.world.is_main
+
     # -- lifecycle ---------------------------------------------------------------------------------
     def __enter__(self) -> "Run":
+        world = self.ctx.world
+        with world.main_first("open the run directory"):
+            if world.is_main:
+                self._open()
+            else:
+                self._join()
+        torch.manual_seed(self.config.seed)
+        logger.info("run %s: %s", self.out_dir, json.dumps(self.config.to_dict(), default=str))
+        return self
+
+    def _log_to(self, name: str) -> None:
+        self._log_handler = logging.FileHandler(self.out_dir / name, encoding="utf-8")
+        self._log_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        logging.getLogger("dfcompress").addHandler(self._log_handler)
+
+    def _join(self) -> None:
+        """A rank other than 0: the directory rank 0 opened must be visible here with this run's config."""
+        import socket
+
+        rank = self.ctx.world.rank
+        written = self.out_dir / "config.toml"
+        if not written.is_file() or not same_request(written.read_text(encoding="utf-8"), self.config.to_toml()):
+            raise ConfigError(f"rank {rank} on {socket.gethostname()} cannot see the run directory {self.out_dir} "
+                              "that rank 0 opened: it must be on storage every process sees (docs/distributed.md)")
+        self._log_to(f"log-rank{rank}.txt")
+
+    def _open(self) -> None:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self._lock.acquire()
         previous = self.out_dir / "config.toml"
@@ -113,19 +152,20 @@ class Run:
                 f"{self.out_dir} holds another run (its config.toml differs); continue it with "
                 f"dfcompress run --resume {self.out_dir}, or choose another --out"
             )
-        self._log_handler = logging.FileHandler(self.out_dir / "log.txt", encoding="utf-8")
-        self._log_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        logging.getLogger("dfcompress").addHandler(self._log_handler)
+        self._log_to("log.txt")
         atomic_write_text(self.out_dir / "config.toml", self.config.to_toml())
-        atomic_write_text(self.out_dir / "env.json", json.dumps(environment(), indent=1))
-        torch.manual_seed(self.config.seed)
-        logger.info("run %s: %s", self.out_dir, json.dumps(self.config.to_dict(), default=str))
-        return self
+        atomic_write_text(self.out_dir / "env.json", json.dumps({**environment(), **self._world_info()}, indent=1))
+
+    def _world_info(self) -> dict:
+        world = self.ctx.world
+        return {"world_size": world.size} if world.distributed else {}
 
     def __exit__(self, exc_type: type | None, *exc: object) -> None:
         if self._log_handler is not None:
             logging.getLogger("dfcompress").removeHandler(self._log_handler)
             self._log_handler.close()
+        if not self.is_main:
+            return
         if exc_type is not None and issubclass(exc_type, DFCompressError) and finished_nothing(self.out_dir):
             # bad input found before any stage finished: leave the directory free for the corrected command
             for name in ("config.toml", "env.json"):
@@ -185,6 +225,8 @@ class Run:
             if cfg.num_images < 2:
                 raise ConfigError(f"--num-images must be at least 2 to train on, got {cfg.num_images}")
         self.distiller(distill_defaults).check_options()
+        if self.ctx.world.distributed:
+            self._check_world(distill_defaults)
         if pruner:
             chosen = self.pruner()
             chosen.check_options()
@@ -192,6 +234,17 @@ class Run:
             chosen.check_model(teacher.model, teacher.input, ratio=cfg.ratio, ratio_of=cfg.ratio_of, label=cfg.teacher)
         self.check_follow_up()
         _ = self.eval_data
+
+    def _check_world(self, distill_defaults: dict | None) -> None:
+        """What a run of several processes cannot do yet: the online schedule and time budgets (one process)."""
+        from .schedule import choose_schedule
+
+        synth = None if self.config.synthetic else self.synthesizer()
+        mode = choose_schedule(self.config, synth, self.distiller(distill_defaults))
+        if mode == "online" or self.config.budget_seconds is not None:
+            what = "--time-budget" if self.config.budget_seconds is not None else "the online schedule"
+            raise ConfigError(f"{what} runs in one process for now ({self.ctx.world.size} were started): run it "
+                              "without torchrun, or use --schedule offline without --time-budget (docs/distributed.md)")
 
     def check_quantizer(self, model_spec: str) -> Any:
         """The configured quantizer, its options and this machine checked, and a trial of the model
@@ -293,7 +346,7 @@ class Run:
     def synthetic_data(self, synth: Any = None, student: nn.Module | None = None, directory: Path | None = None) -> Any:
         """The synthetic data set: ``--synthetic DIR`` when given, else synthesized into the run directory."""
         from .data import synthetic as synthdata
-        from .synth.driver import open_writer, run_synthesis
+        from .synth.driver import finish_shards, open_writer, run_synthesis
 
         if self.config.synthetic:
             data = synthdata.load(self.config.synthetic)
@@ -303,13 +356,15 @@ class Run:
         synth = synth if synth is not None else self.synthesizer()
         directory = directory or self.out_dir / "synthetic"
         writer = open_writer(directory, self.teacher, synth, num_images=self.config.num_images,
-                             batch_size=self.config.batch_size, seed=self.config.seed, labels=self.config.labels)
+                             batch_size=self.config.batch_size, seed=self.config.seed, labels=self.config.labels,
+                             world=self.ctx.world)
         with self.stage("synthesize"):
             synth.setup(self.teacher)
             try:
                 run_synthesis(synth, self.teacher, writer, self.ctx, labels=self.config.labels, student=student)
             finally:
                 synth.close()
+            finish_shards(writer)
         self.artifacts["synthetic"] = str(directory)
         return synthdata.load(directory)
 

@@ -10,6 +10,11 @@ Shards are written atomically (temporary file, fsync, rename) and only then reco
 a run killed at any moment loses at most the shard it was writing; re-running the same command continues
 after the last recorded shard. Shard ``i`` is synthesized from a seed derived from the run seed and ``i``,
 which makes a resumed data set identical, image for image, to an uninterrupted one.
+
+Made by several processes (:mod:`dfcompress.distributed`), each rank writes the shards it owns and records each one
+in a side file ``record-00003.json`` (the manifest entry); only rank 0 writes the manifest, into which it merges
+the records (:meth:`SyntheticWriter.collect`) after the others are done and whenever it reopens the data set, so a
+rank killed at any moment loses at most its shard in progress.
 """
 from __future__ import annotations
 
@@ -22,6 +27,7 @@ from typing import Any
 
 import torch
 
+from ..distributed import SINGLE, World
 from ..errors import DataError
 from ..io import atomic_write, atomic_write_text, sha256_file
 
@@ -52,12 +58,17 @@ class ShardPlan:
 class SyntheticWriter:
     """Writes a data set shard by shard; opening an existing directory with the same request resumes it."""
 
-    def __init__(self, directory: str | Path, request: dict, *, num_images: int, batch_size: int, seed: int) -> None:
+    def __init__(self, directory: str | Path, request: dict, *, num_images: int, batch_size: int, seed: int,
+                 world: World = SINGLE) -> None:
         self.directory = Path(directory)
         self.request = dict(request, num_images=num_images, batch_size=batch_size, seed=seed)
         self.hash = options_hash(self.request)
         self.num_images, self.batch_size, self.seed = num_images, batch_size, seed
+        self.world = world
         path = self.directory / MANIFEST
+        if not path.exists() and not world.is_main:
+            raise DataError(f"rank {world.rank} cannot see the data set {self.directory} that rank 0 created: the run "
+                            "directory must be on storage every process sees (docs/distributed.md)")
         if path.exists():
             manifest = read_manifest(self.directory)
             if manifest.get("options_hash") != self.hash:
@@ -66,6 +77,8 @@ class SyntheticWriter:
                     "seed); choose another --out or delete it"
                 )
             self.manifest = manifest
+            if world.is_main:
+                self.collect()
             if self.manifest["shards"]:
                 logger.info("resuming %s after %d finished shard(s)", self.directory, len(self.manifest["shards"]))
         else:
@@ -90,8 +103,33 @@ class SyntheticWriter:
         return plans
 
     def pending(self) -> list[ShardPlan]:
-        done = {s["index"] for s in self.manifest["shards"]}
+        done = {s["index"] for s in self.manifest["shards"]} | {s["index"] for s in self._records()}
         return [p for p in self.plan() if p.index not in done]
+
+    def _records(self) -> list[dict]:
+        """The shards recorded in side files (by ranks other than 0) whose file is intact, not yet in the manifest."""
+        found = []
+        for path in sorted(self.directory.glob("record-*.json")):
+            try:
+                entry = json.loads(path.read_text(encoding="utf-8"))
+                shard = self.directory / entry["file"]
+                if shard.is_file() and sha256_file(shard) == entry["sha256"]:
+                    found.append(entry)
+            except (OSError, ValueError, KeyError, TypeError):
+                logger.warning("ignoring the unreadable shard record %s (its shard is made again)", path)
+        return found
+
+    def collect(self) -> int:
+        """Rank 0: merge the shards other ranks recorded into the manifest; return how many."""
+        known = {s["index"] for s in self.manifest["shards"]}
+        new = [entry for entry in self._records() if entry["index"] not in known]
+        if new:
+            self.manifest["shards"] = sorted(self.manifest["shards"] + new, key=lambda s: s["index"])
+            self.manifest["complete"] = self.complete
+            self._write_manifest()
+        for path in self.directory.glob("record-*.json"):
+            path.unlink(missing_ok=True)
+        return len(new)
 
     @property
     def complete(self) -> bool:
@@ -111,7 +149,7 @@ class SyntheticWriter:
             "confidence": confidence.float().contiguous().cpu(),
         }
         atomic_write(self.directory / name, lambda tmp: save_file(tensors, tmp))
-        self.manifest["shards"].append({
+        entry = {
             "index": plan.index,
             "file": name,
             "count": int(labels.numel()),
@@ -119,7 +157,11 @@ class SyntheticWriter:
             "sha256": sha256_file(self.directory / name),
             "mean_confidence": round(float(confidence.float().mean()), 5),
             "metrics": {k: (round(v, 6) if isinstance(v, float) else v) for k, v in metrics.items()},
-        })
+        }
+        if not self.world.is_main:
+            atomic_write_text(self.directory / f"record-{plan.index:05d}.json", json.dumps(entry, indent=1))
+            return
+        self.manifest["shards"].append(entry)
         self.manifest["shards"].sort(key=lambda s: s["index"])
         self.manifest["complete"] = self.complete
         self._write_manifest()

@@ -107,8 +107,9 @@ class KnowledgeDistillation(Distiller):
         if cfg.augment:
             pixels = random_crop_flip(pixels, padding=cfg.crop_padding, flip=True, generator=generator,
                                       fill=spec.mean if cfg.crop_fill == "mean" else None)
-        x = spec.normalize(pixels)
-        target = labels[idx.to(device)]
+        world = ctx.world
+        x = world.part(spec.normalize(pixels))  # augmented as one global batch, then this rank's slice of it
+        target = world.part(labels[idx.to(device)])
         with torch.no_grad(), ctx.autocast():
             teacher_logits = teacher.model(x.to(model_device(teacher.model))).to(device)
         with ctx.autocast():
@@ -149,11 +150,16 @@ class KnowledgeDistillation(Distiller):
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
         scaler = ctx.grad_scaler()
         n = len(images)
-        num_steps = n // cfg.batch_size + (1 if n % cfg.batch_size >= 2 else 0)  # a last batch of 1 is dropped
+        world = ctx.world
+        # a last batch that would give a rank fewer than 2 images (1 in a single process) is dropped
+        num_steps = n // cfg.batch_size + (1 if n % cfg.batch_size >= 2 * world.size else 0)
         fingerprint = {"options": dataclasses.asdict(cfg), "num_images": n, "seed": ctx.seed,
                        "student_params": sum(p.numel() for p in student.parameters())}
         store = TrainingCheckpoint(Path(checkpoint), fingerprint) if checkpoint is not None else None
         state = store.restore(student, optimizer, scheduler, scaler) if store is not None else None
+        if not world.is_main:
+            store = None  # rank 0 writes the checkpoint; every rank resumes from it
+        model = data_parallel(student, ctx)
         epoch, step = (state.epoch, state.step) if state else (0, 0)
         history: list[float] = list(state.history) if state else []
         labels_dev = labels.to(device).long()
@@ -174,11 +180,11 @@ class KnowledgeDistillation(Distiller):
                     perm = state.perm
                 bar = ctx.progress(range(step, num_steps), total=num_steps, desc=f"kd epoch {epoch + 1}/{cfg.epochs}")
                 for step in bar:
-                    if ctx.stop_requested:
+                    if world.any(ctx.stop_requested, "a stop request"):  # every rank stops at the same step
                         self._interrupt(store, student, optimizer, scheduler, scaler, epoch, step, num_steps,
                                         generator, perm, sums, history)
                     idx = perm[step * cfg.batch_size:(step + 1) * cfg.batch_size]
-                    loss, kd, ce = self.train_step(student, teacher, optimizer, scaler, images, labels_dev, idx,
+                    loss, kd, ce = self.train_step(model, teacher, optimizer, scaler, images, labels_dev, idx,
                                                    generator)
                     sums.add(loss, kd, ce, len(idx))
                     seen += len(idx)
@@ -217,10 +223,24 @@ class KnowledgeDistillation(Distiller):
                    perm: torch.Tensor, sums: StepSums, history: list[float]) -> None:
         where = f"distillation interrupted at epoch {epoch + 1} of {self.config.epochs} (step {step} of {num_steps})"
         if store is None:
+            if not self.ctx.world.is_main:
+                raise Interrupted(where)
             raise Interrupted(where, resume_hint="no checkpoint path was given, so training restarts from scratch")
         store.save(student, optimizer, scheduler, scaler, epoch=epoch, step=step, generator=generator, perm=perm,
                    sums=sums, history=history)
         raise Interrupted(where, resume_hint=f"run the same command again to resume from {os.fspath(store.path)}")
+
+
+def data_parallel(student: nn.Module, ctx: Any) -> nn.Module:
+    """``student`` wrapped in DistributedDataParallel in a world of several processes (rank 0's weights broadcast
+    to all at the start, gradients averaged every step), else itself. BatchNorm statistics stay per process (its
+    slice of each batch), as in plain DDP: SyncBatchNorm works only on GPUs."""
+    if not ctx.world.distributed:
+        return student
+    from torch.nn.parallel import DistributedDataParallel
+
+    device = ctx.device
+    return DistributedDataParallel(student, device_ids=[device] if device.type == "cuda" else None)
 
 
 class OnlineKD:

@@ -77,12 +77,13 @@ def run_synthesis(
 ) -> int:
     """Synthesize the pending shards of ``writer`` (at most ``max_shards``); return how many were written.
 
-    Each shard draws its labels and every random number from its own seed. On SIGINT/SIGTERM the shard in
+    Each shard draws its labels and every random number from its own seed; in a world of several processes
+    this one makes only the shards it owns (:meth:`dfcompress.distributed.World.owns`). On SIGINT/SIGTERM the shard in
     progress is dropped and :class:`Interrupted` is raised; finished shards stay on disk. Unless ``ctx.quiet``,
     a progress bar advances per iteration (:class:`SynthesisProgress`, through ``ctx.on_step``)."""
     from .labels import make_labels
 
-    pending = writer.pending()[:max_shards]
+    pending = [plan for plan in writer.pending() if ctx.world.owns(plan.index)][:max_shards]
     if not pending:
         return 0
     written = 0
@@ -132,8 +133,23 @@ def synthesis_request(teacher: Teacher, synth: Synthesizer, labels: str) -> dict
 
 
 def open_writer(directory: Path, teacher: Teacher, synth: Synthesizer, *, num_images: int, batch_size: int,
-                seed: int, labels: str, extra: dict | None = None) -> SyntheticWriter:
+                seed: int, labels: str, extra: dict | None = None, world: Any = None) -> SyntheticWriter:
+    """The writer of a data set; with a ``world`` of several processes rank 0 opens (creates or resumes) it first."""
+    from ..distributed import SINGLE
+
+    world = world or SINGLE
     request = synthesis_request(teacher, synth, labels)
     if extra:
         request.update(extra)
-    return SyntheticWriter(directory, request, num_images=num_images, batch_size=batch_size, seed=seed)
+    with world.main_first("open the synthetic data set"):
+        return SyntheticWriter(directory, request, num_images=num_images, batch_size=batch_size, seed=seed,
+                               world=world)
+
+
+def finish_shards(writer: SyntheticWriter) -> None:
+    """After every rank made its shards: rank 0 merges their records into the manifest before anyone reads it."""
+    world = writer.world
+    world.barrier("the end of synthesis")
+    with world.main_first("merge the shards of all ranks"):
+        if world.is_main and world.distributed:
+            writer.collect()

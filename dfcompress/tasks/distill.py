@@ -42,6 +42,8 @@ class DistillTask(Task):
             checkpoint = run.out_dir / "checkpoints" / "distill.pt"
             with run.stage("distill"):
                 run.metrics["distill"] = distiller.fit(student, teacher, data.images, data.labels, checkpoint=checkpoint)
+        if not run.is_main:  # the rest (evaluation, the saved model, --then) is rank 0's
+            return run.metrics
         with run.stage("evaluate"):
             evaluate_model(run, "teacher", teacher.model)
             evaluate_model(run, "student", student, compare_to_teacher=True)

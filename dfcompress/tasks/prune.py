@@ -81,6 +81,8 @@ class PruneTask(Task):
             with run.stage("fine-tune"):
                 run.metrics["distill"] = distiller.fit(pruned, teacher, data.images, data.labels,
                                                        checkpoint=run.out_dir / "checkpoints" / "finetune.pt")
+        if not run.is_main:  # the rest (evaluation, the saved model, --then) is rank 0's
+            return run.metrics
         with run.stage("evaluate"):
             evaluate_model(run, "final", pruned, compare_to_teacher=True)
         from ..prune import save_pruned
