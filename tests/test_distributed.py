@@ -177,3 +177,16 @@ def test_what_runs_in_one_process_is_refused_in_one_line(tmp_path):
     assert "[rank 1] error: rank 0 failed: the online schedule" in result.stderr
     # torchrun prints its own launcher traceback for a failed child; none comes from dfcompress's code
     assert not re.search(r'dfcompress/[\w/]+\.py", line', result.stderr), result.stderr
+
+
+def test_a_rank_that_cannot_see_the_run_directory_says_so(tmp_path):
+    from dfcompress.config import make_run_config
+    from dfcompress.plugins import get_registry
+    from dfcompress.run import Run
+
+    config = make_run_config({"out": str(tmp_path / "run")})
+    run = Run(config, get_registry(), world=World(rank=1, size=2))
+    with pytest.raises(ConfigError, match="rank 1 on .* cannot see the run directory .*storage every process sees"):
+        run._join()
+    with pytest.raises(ConfigError, match="needs --out DIR"):
+        Run(make_run_config({}), get_registry(), world=World(rank=0, size=2))

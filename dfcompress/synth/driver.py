@@ -86,6 +86,9 @@ def run_synthesis(
     pending = [plan for plan in writer.pending() if ctx.world.owns(plan.index)][:max_shards]
     if not pending:
         return 0
+    if synth.stateful and ctx.world.distributed:
+        logger.warning("%s keeps state across batches: each of the %d processes keeps its own, so this data set "
+                       "differs from the one a single process makes (docs/distributed.md)", synth.name, ctx.world.size)
     written = 0
     progress = SynthesisProgress(synth, ctx, len(pending))
     previous_hook = ctx.on_step
