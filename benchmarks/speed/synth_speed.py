@@ -157,7 +157,8 @@ def main(argv: list[str] | None = None) -> None:
                         help=f"{' or '.join(sorted(WEIGHTS))} (pretrained, ../shared/models) or any model spec, e.g. "
                              "torchvision:resnet18 or timm:mobilenetv3_large_100 (random weights, 10 classes, 32x32)")
     parser.add_argument("--batch", type=int, default=256)
-    parser.add_argument("--synths", default="deepinversion,natural")
+    parser.add_argument("--synths", default="deepinversion,natural",
+                        help="synthesizers, comma-separated; NAME:KEY=VALUE,... items separated by semicolons")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--k", type=int, default=3, help="extra iterations in the difference timing")
     parser.add_argument("--threads", type=int, default=2)
@@ -187,14 +188,14 @@ def main(argv: list[str] | None = None) -> None:
     stats_path, stats_note = None, None
     if args.stats:
         stats_path, stats_note = args.stats, args.stats
-    elif any(s.startswith("seeded") for s in args.synths.split(",")):
+    elif any(s.startswith("seeded") for s in args.synths.split(";" if ";" in args.synths else ",")):
         # timing/quality only: statistics of random 'seed' images (no data set is shipped here)
         g = torch.Generator().manual_seed(0)
         seeds = torch.rand(200, *shape, generator=g)
         stats_path = str(Path("/tmp") / f"synth_speed_{re.sub(r'[^A-Za-z0-9_.-]', '-', args.teacher)}.safetensors")
         stats_note = "200 uniform random images, balanced labels (timing only)"
         collect_stats(teacher, seeds, make_labels(200, classes)).save(stats_path)
-    specs = [s for s in args.synths.split(",") if s]
+    specs = [s for s in args.synths.split(";" if ";" in args.synths else ",") if s]
     print(f"# teacher {args.teacher} ({spec}, {'weights ' + weights.name if weights else 'random weights'}), "
           f"input {shape}, batch {args.batch}, threads {torch.get_num_threads()}, torch {torch.__version__}")
 
