@@ -107,6 +107,33 @@ def test_generator_shapes_for_32_and_224_pixels_and_the_paper_learning_rates():
     assert paper_learning_rates(10) == (2e-3, 0.01) and paper_learning_rates(4) == (3e-3, 0.01)
 
 
+def test_conditional_generator_is_steered_by_the_label_and_meta_learns_its_embedding(tiny_teacher, one_thread):
+    from dfcompress.context import RunContext
+    from dfcompress.synth.fast import FastConfig, FastSynthesizer
+
+    torch.manual_seed(0)
+    g = FastGenerator(8, 3, (16, 16), width=4, num_classes=10)
+    z = torch.randn(1, 8).repeat(2, 1)
+    out = g(z, torch.tensor([1, 7]))
+    assert not torch.allclose(out[0], out[1])  # the same z, two labels: two images
+    assert torch.allclose(g(z, torch.tensor([3, 3]))[0], g(z, torch.tensor([3, 3]))[1])
+    with pytest.raises(ValueError, match="labels"):
+        g(z)
+    assert FastGenerator(8, 3, (16, 16), width=4).embed is None  # the paper's generator stays unconditional
+
+    ctx = RunContext(log_every=1)
+    synth = FastSynthesizer(FastConfig(g_steps=2, latent_dim=16, generator_width=8, conditional=True), ctx)
+    synth.setup(tiny_teacher)
+    assert synth.generator.embed.num_embeddings == 10
+    before = synth.generator.embed.weight.detach().clone()
+    labels = torch.arange(8) % 10
+    batch = synth.synthesize_batch(labels, generator=ctx.generator(0))
+    assert batch.images.shape == (8, 3, 32, 32) and torch.equal(batch.labels, labels)
+    moved = (synth.generator.embed.weight - before).abs().sum(dim=1)
+    assert (moved[:8] > 0).all() and (moved[8:] == 0).all()  # only the embeddings of the labels drawn move
+    assert "embed.weight" in synth.state_dict()["generator"]
+
+
 def test_durations():
     assert parse_duration("30m") == 1800 and parse_duration("90s") == 90 and parse_duration("1h30m") == 5400
     assert parse_duration("1.5h") == 5400 and parse_duration("45") == 45

@@ -124,6 +124,7 @@ class FastConfig:
     generator_width: int = field(default=64, metadata={"help": "channels of the generator's last block (the others have twice as many; reference: 64)"})
     crop_padding: int = field(default=4, metadata={"help": "padding of the random crop applied before the teacher (reference: 4)"})
     flip: bool = field(default=True, metadata={"help": "random horizontal flip before the teacher"})
+    conditional: bool = field(default=False, metadata={"help": "class-conditional generator: a learned label embedding concatenated to z (not the paper's; its generator is unconditional)"})
     reset_first_layer_at: int = field(default=0, metadata={"help": "re-initialise the generator's first layer at this batch (0: never; the reference does at epoch 120 + warm-up of 220)"})
 
 
@@ -161,7 +162,8 @@ class FastSynthesizer(Synthesizer):
         with torch.random.fork_rng(devices=[]):  # the generator's initialisation depends on the run seed only
             torch.manual_seed(self.ctx.seed)
             try:
-                self.generator = FastGenerator(cfg.latent_dim, spec.channels, spec.image_size, cfg.generator_width)
+                self.generator = FastGenerator(cfg.latent_dim, spec.channels, spec.image_size, cfg.generator_width,
+                                               num_classes=spec.num_classes if cfg.conditional else 0)
             except ValueError as exc:
                 raise ConfigError(str(exc)) from None
         self.ctx.layout(self.generator.to(self.ctx.device)).train()
@@ -217,7 +219,7 @@ class FastSynthesizer(Synthesizer):
         try:
             for step in range(1, cfg.g_steps + 1):
                 with ctx.autocast():
-                    pixels = fast(z)
+                    pixels = fast(z, labels if cfg.conditional else None)
                 pixels = pixels.float()
                 augmented = random_crop_flip(pixels, padding=cfg.crop_padding, flip=cfg.flip, generator=aux)
                 x = spec.normalize(augmented)

@@ -4,6 +4,9 @@ The generator is the DCGAN-style image generator of the data-free KD literature 
 build on: z -> Linear -> BatchNorm -> [Upsample x2 -> Conv3x3 -> BatchNorm -> LeakyReLU(0.2)] x k ->
 Conv3x3 -> Sigmoid, in pixel space [0, 1]. The base resolution is the image size halved while the half is at
 least 7 (8 x 8 for 32 px, 7 x 7 for 224 px), so one class serves 32 px (two upsampling stages) and 224 px (five).
+
+With ``num_classes`` > 0 the generator is class-conditional (a dfcompress option, not the paper's): a learned
+embedding of the label, of the latent's size, is concatenated to z before the projection, G(z, y).
 """
 from __future__ import annotations
 
@@ -23,7 +26,8 @@ def upsampling_stages(size: int, minimum: int = 7, most: int = 6) -> int:
 class FastGenerator(nn.Module):
     """G(z): a batch of images in [0, 1] from latent codes z (N x latent_dim)."""
 
-    def __init__(self, latent_dim: int, channels: int, image_size: tuple[int, int], width: int = 64) -> None:
+    def __init__(self, latent_dim: int, channels: int, image_size: tuple[int, int], width: int = 64,
+                 num_classes: int = 0) -> None:
         super().__init__()
         height, wide = image_size
         stages = min(upsampling_stages(height), upsampling_stages(wide))
@@ -31,7 +35,10 @@ class FastGenerator(nn.Module):
         if self.base[0] << stages != height or self.base[1] << stages != wide:
             raise ValueError(f"fast: image size {image_size} is not a base size times a power of two")
         self.latent_dim, self.hidden = latent_dim, 2 * width
-        self.project = nn.Linear(latent_dim, self.hidden * self.base[0] * self.base[1])
+        #: a learned label embedding concatenated to z (class-conditional generator), or None
+        self.embed = nn.Embedding(num_classes, latent_dim) if num_classes > 0 else None
+        inputs = latent_dim * (2 if self.embed is not None else 1)
+        self.project = nn.Linear(inputs, self.hidden * self.base[0] * self.base[1])
         layers: list[nn.Module] = [nn.BatchNorm2d(self.hidden)]
         in_ch = self.hidden
         for stage in range(stages):
@@ -42,14 +49,18 @@ class FastGenerator(nn.Module):
         layers += [nn.Conv2d(in_ch, channels, 3, padding=1), nn.Sigmoid()]
         self.body = nn.Sequential(*layers)
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
+    def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        if self.embed is not None:
+            if labels is None:
+                raise ValueError("a class-conditional generator needs the labels")
+            z = torch.cat([z, self.embed(labels)], dim=1)
         x = self.project(z).view(z.shape[0], self.hidden, *self.base)
         return self.body(x)
 
     def reset_first_layer(self, generator: torch.Generator | None = None) -> None:
         """Re-initialise the projection layer (the reference schedule's late "reset l0")."""
         with torch.no_grad():
-            bound = 1.0 / self.latent_dim ** 0.5
+            bound = 1.0 / self.project.in_features ** 0.5
             self.project.weight.uniform_(-bound, bound, generator=generator)
             self.project.bias.uniform_(-bound, bound, generator=generator)
 
