@@ -246,11 +246,19 @@ def test_a_suite_extends_another_suite_s_recipe(tmp_path):
         budgets = ["it10"]
         tasks = ["distill"]
 
+        [methods.di]
+        synth = "deepinversion"
+        budgets = ["it10"]
+        tasks = ["distill"]
+        seeds = [2]
+
         [methods.teacher]
         kind = "teacher"
     """), name="study.toml")
     suite = load_suite(study)
-    assert [c.id for c in suite.cells if c.kind != "teacher"] == ["ni-wide--distill--it10--s0", "ni-wide--distill--it10--s1"]
+    # a method's own seeds replace the suite's
+    assert [c.id for c in suite.cells if c.kind != "teacher"] == [
+        "ni-wide--distill--it10--s0", "ni-wide--distill--it10--s1", "di--distill--it10--s2"]
     cell = suite.cells[0]
     # [run] merged entry by entry: the study's num_images, the base's teacher and distill options
     assert cell.config["num_images"] == 32 and cell.config["teacher"] == "demo"

@@ -13,7 +13,8 @@ clock time) times every *model* pair (optional) times every *seed*. Layout::
     [models.ID]     optional teacher/student pairs (RunConfig fields, label, requires)
     [budgets.ID]    label, iterations = N | equal_time = {method, iterations}, calibration = {from_budget, probe_iterations}
     [methods.ID]    label, kind = "synthetic" | "real" | "teacher", budgets = [...], tasks = [...], requires,
-                    note, real_images, and RunConfig fields (synth, synth_options, synthetic, ...)
+                    note, real_images, seeds (this method's own, instead of the suite's), and RunConfig fields
+                    (synth, synth_options, synthetic, ...)
     [tasks.ID]      label, reuse_synthetic_from = "TASK-ID", and RunConfig fields (task, student, ratio, ...)
     [prerequisites.ID]  label, command = ["stats", "collect", ...] (a dfcompress command), out, requires
 
@@ -49,7 +50,7 @@ INHERITED_TABLES = ("vars", "run", "models", "budgets", "tasks", "prerequisites"
 INHERITED_SUITE_KEYS = ("requires", "reference", "notes")
 MODEL_META = {"label", "requires"}
 BUDGET_KEYS = {"label", "iterations", "equal_time", "calibration"}
-METHOD_META = {"label", "kind", "budgets", "tasks", "requires", "note", "real_images"}
+METHOD_META = {"label", "kind", "budgets", "tasks", "requires", "note", "real_images", "seeds"}
 TASK_META = {"label", "reuse_synthetic_from"}
 PREREQ_KEYS = {"label", "command", "out", "requires"}
 TABLES = {"suite", "vars", "run", "models", "budgets", "methods", "tasks", "prerequisites"}
@@ -440,6 +441,7 @@ class _Method:
     tasks: list[str]
     note: str = ""
     real_images: int = 0
+    seeds: list[int] | None = None  # None: the suite's
 
 
 @dataclass
@@ -466,10 +468,13 @@ def _suite_table(data: dict, path: Path) -> tuple[dict, str, list[int]]:
     _check_keys(head, SUITE_KEYS, f"{path}: [suite]")
     name = str(head.get("name", path.stem))
     _id_ok("suite", name, path)
-    seeds = head.get("seeds", [0])
+    return head, name, _seeds(head.get("seeds", [0]), f"{path}: [suite]")
+
+
+def _seeds(seeds: Any, where: str) -> list[int]:
     if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
-        raise SuiteError(f"{path}: [suite] seeds must be a non-empty list of integers")
-    return head, name, seeds
+        raise SuiteError(f"{where} seeds must be a non-empty list of integers")
+    return seeds
 
 
 def _suite_requires(head: dict, ex: _Expander, path: Path) -> list[str]:
@@ -628,7 +633,9 @@ def _method(key: str, table: Any, budgets: dict[str, Budget], tasks: dict[str, _
         if reuse is not None and kind == "synthetic" and reuse not in method_tasks:
             raise SuiteError(f"{where}: task {task_id} reuses the images of task {reuse}, "
                              f"which this method does not run; add it to tasks")
-    return _Method(key, label, kind, part, method_budgets, method_tasks, str(table.get("note", "")), real_images)
+    seeds = _seeds(table["seeds"], where) if "seeds" in table else None
+    return _Method(key, label, kind, part, method_budgets, method_tasks, str(table.get("note", "")), real_images,
+                   seeds)
 
 
 # --- cells -----------------------------------------------------------------------------------------------
@@ -643,7 +650,7 @@ def _cells(name: str, path: Path, base: _Part, models: list[_Model], budgets: di
              for task_id in method.tasks
              for model in models
              for budget_id in (method.budgets or [None])
-             for seed in seeds]
+             for seed in (method.seeds or seeds)]
     order = {b: i for i, b in enumerate([None, *budgets])}
     task_order = {t: i for i, t in enumerate(tasks)}
     method_order = {m: i for i, m in enumerate(methods)}
