@@ -192,10 +192,10 @@ def run_cell(ws: Workspace, launch: Launcher, plan: CellPlan) -> str:
     }
     resumed = plan.status == "resume"
     logger.info("%s %s", "resuming" if resumed else "running", cell.id)
-    start = time.perf_counter()
+    started, start = _now(), time.perf_counter()
     rc = launch(plan.argv, out / "bench.log")
     wall = round(time.perf_counter() - start, 2)
-    bench["attempts"].append({"started": _now(), "resumed": resumed, "exit_code": rc, "wall_s": wall})
+    bench["attempts"].append({"started": started, "resumed": resumed, "exit_code": rc, "wall_s": wall})
     atomic_write_text(out / "bench.json", json.dumps(bench, indent=1))
     if rc == 130:
         raise Interrupted(f"cell {cell.id} was interrupted (state saved)",
