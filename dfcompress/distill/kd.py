@@ -1,6 +1,7 @@
 """Hinton knowledge distillation on (synthetic) images, resumable from a per-epoch checkpoint.
 
 loss = (1 - hard_weight) * KL(softmax(t / T) || softmax(s / T)) * T^2  +  hard_weight * CE(s, labels)
+       + feature_weight * hint          (hint: feature hints, ``hints.py``; off by default)
 
 with the KL averaged over the batch (``batchmean``) and the teacher's logits ``t`` computed on the same
 augmented batch as the student's ``s``. SGD with momentum and weight decay, cosine learning rate stepped
@@ -8,6 +9,7 @@ once per epoch.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
@@ -27,6 +29,7 @@ from ..errors import ConfigError, DataError, Interrupted
 from ..metrics.features import model_device
 from .augment import random_crop_flip
 from .checkpoint import TrainingCheckpoint
+from .hints import FeatureHints
 from .sums import StepSums
 
 logger = logging.getLogger(__name__)
@@ -61,6 +64,13 @@ class KDOptions:
     crop_fill: str = field(default="black", metadata={
         "help": "colour of the crop padding: black (zero pixels, as the CIFAR teachers were trained) or mean "
                 "(the normalisation mean: zero padding after normalisation)", "choices": CROP_FILLS})
+    feature_weight: float = field(default=0.0, metadata={
+        "help": "weight of the feature-hint term added to the loss: the student's intermediate outputs against "
+                "the teacher's, relative squared error (0 = off; for pruned models, whose blocks keep the "
+                "teacher's names and output shapes)"})
+    feature_layers: str = field(default="auto", metadata={
+        "help": "modules whose outputs the hint term matches, comma-separated names from named_modules(), or "
+                "auto: every block both models have under one name with outputs of equal shape"})
 
 
 class KnowledgeDistillation(Distiller):
@@ -87,6 +97,7 @@ class KnowledgeDistillation(Distiller):
             (cfg.lr > 0, "lr must be > 0"),
             (cfg.crop_padding >= 0, "crop_padding must be >= 0"),
             (cfg.crop_fill in CROP_FILLS, f"crop_fill must be one of {', '.join(CROP_FILLS)}"),
+            (cfg.feature_weight >= 0, "feature_weight must be >= 0"),
         ]
         for ok, message in problems:
             if not ok:
@@ -110,18 +121,32 @@ class KnowledgeDistillation(Distiller):
         world = ctx.world
         x = world.part(spec.normalize(pixels))  # augmented as one global batch, then this rank's slice of it
         target = world.part(labels[idx.to(device)])
-        with torch.no_grad(), ctx.autocast():
-            teacher_logits = teacher.model(x.to(model_device(teacher.model))).to(device)
-        with ctx.autocast():
-            student_logits = student(x)
-        kd = kd_loss(student_logits, teacher_logits, cfg.temperature)
-        ce = F.cross_entropy(student_logits.float(), target)
-        loss = (1.0 - cfg.hard_weight) * kd + cfg.hard_weight * ce
+        hints = self._feature_hints(teacher.model, student) if cfg.feature_weight > 0 else None
+        with hints.capture() if hints is not None else contextlib.nullcontext():
+            with torch.no_grad(), ctx.autocast():
+                teacher_logits = teacher.model(x.to(model_device(teacher.model))).to(device)
+            with ctx.autocast():
+                student_logits = student(x)
+            kd = kd_loss(student_logits, teacher_logits, cfg.temperature)
+            ce = F.cross_entropy(student_logits.float(), target)
+            loss = (1.0 - cfg.hard_weight) * kd + cfg.hard_weight * ce
+            if hints is not None:
+                loss = loss + cfg.feature_weight * hints.loss()
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
         return loss.detach(), kd.detach(), ce.detach()
+
+    def _feature_hints(self, teacher_model: nn.Module, student: nn.Module) -> FeatureHints:
+        """The hooks of the hint term for this teacher and student, made on first use and kept."""
+        key = (id(teacher_model), id(student))
+        cached = getattr(self, "_hints", None)
+        if cached is None or cached[0] != key:
+            if cached is not None:
+                cached[1].remove()
+            self._hints = (key, FeatureHints(teacher_model, student, self.config.feature_layers))
+        return self._hints[1]
 
     def make_optimizer(self, student: nn.Module) -> torch.optim.Optimizer:
         trainable = [p for p in student.parameters() if p.requires_grad]
