@@ -51,6 +51,7 @@ def test_auto_takes_the_blocks_with_equal_outputs_once_each():
         student(torch.randn(2, 3, 8, 8))
         value = hints.loss()
     assert hints.selected == ["1.0", "1.1"]  # "1" (the stage) gives block 1's tensor: counted once
+    assert hints.hooked == ["1.0", "1.1"]  # the unpicked modules' hooks are removed after the choice
     assert value.requires_grad and value.item() > 0
     with torch.no_grad():  # outside capture() nothing is recorded
         teacher(torch.randn(2, 3, 8, 8))

@@ -61,10 +61,10 @@ class FeatureHints:
         self.selected: list[str] | None = None
         self._outputs: dict[str, dict[str, torch.Tensor]] = {"t": {}, "s": {}}
         self._active = False
-        self._handles: list[Any] = []
+        self._handles: dict[str, list[Any]] = {}
         for side, modules in (("t", t_modules), ("s", s_modules)):
             for name in names:
-                self._handles.append(modules[name].register_forward_hook(self._hook(side, name)))
+                self._handles.setdefault(name, []).append(modules[name].register_forward_hook(self._hook(side, name)))
 
     def _hook(self, side: str, name: str):
         def record(module: nn.Module, inputs: Any, output: Any) -> None:
@@ -80,6 +80,9 @@ class FeatureHints:
         t_out, s_out = self._outputs["t"], self._outputs["s"]
         if self.selected is None:
             self.selected = self._select(t_out, s_out)
+            for name in [n for n in self._handles if n not in self.selected]:  # stop recording what is not used
+                for handle in self._handles.pop(name):
+                    handle.remove()
         pairs = [(s_out[n], t_out[n]) for n in self.selected]
         return hint_loss([s for s, _ in pairs], [t for _, t in pairs])
 
@@ -106,9 +109,15 @@ class FeatureHints:
         return chosen
 
     def remove(self) -> None:
-        for handle in self._handles:
-            handle.remove()
+        for handles in self._handles.values():
+            for handle in handles:
+                handle.remove()
         self._handles.clear()
+
+    @property
+    def hooked(self) -> list[str]:
+        """Names of the modules whose outputs are still recorded (after the first loss: only the selected ones)."""
+        return list(self._handles)
 
 
 class _Capture:
