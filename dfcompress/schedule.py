@@ -53,6 +53,12 @@ def choose_schedule(config: Any, synth: Synthesizer | None, distiller: Any) -> s
     if (mode == "online" or config.budget_seconds is not None) and not distiller.can_train_online:
         raise ConfigError(f"distiller {distiller.name} cannot train step by step, which --schedule online and "
                           "--time-budget need; use --distiller kd")
+    if mode == "online" and synth is not None and config.budget_seconds is None:
+        rounds = math.ceil(math.ceil(config.num_images / config.batch_size) / config.round_batches)
+        if config.warmup_rounds >= rounds:
+            raise ConfigError(f"--warmup-rounds {config.warmup_rounds} leaves no training round: {config.num_images} "
+                              f"images in batches of {config.batch_size} make {rounds} round(s); lower it, raise "
+                              "--num-images, or bound the run with --time-budget")
     if mode == "offline" and synth is not None and synth.wants_student():
         logger.warning("%s uses the student, which the offline schedule does not give it: its student term is off "
                        "(use --schedule online to keep it)", synth.name)

@@ -262,3 +262,12 @@ def test_bad_schedule_input_fails_fast_with_one_line(capsys, tmp_path):
         err = capsys.readouterr().err
         assert code == 2 and err.count("\n") == 1 and "error:" in err, err
         assert time.perf_counter() - start < 5
+
+
+def test_a_warmup_that_leaves_no_training_round_is_refused_before_any_synthesis(capsys, tmp_path):
+    out = tmp_path / "x"
+    code = cli("run", "--synth", "fast", "--task", "distill", "--out", str(out), "--num-images", "64",
+               "--batch-size", "32", "--warmup-rounds", "2", "--device", "cpu")
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "--warmup-rounds 2 leaves no training round" in err, err
+    assert not (out / "synthetic").exists()
