@@ -142,12 +142,19 @@ def _layers(config_file: str | None, resume: str | None, values: dict, synth_opt
 
 
 def _with_source_defaults(layers: list[dict], registry: Any) -> list[dict]:
-    """Put the teacher source's suggested run settings below every user layer."""
+    """Put the suggested run settings below every user layer: the teacher source's, then the synthesizer's
+    (``Synthesizer.run_defaults``) above them. An unknown synthesizer name is left to the caller's check."""
     teacher = next((layer["teacher"] for layer in reversed(layers) if layer.get("teacher")), None)
+    synth = next((layer["synth"] for layer in reversed(layers) if layer.get("synth")), None)
     from .config import RunConfig
+    from .errors import DFCompressError
     from .models import run_defaults
 
-    return [run_defaults(teacher or RunConfig.teacher, registry=registry), *layers]
+    try:
+        synth_defaults = dict(getattr(registry.get("synthesizers", synth or RunConfig.synth), "run_defaults", {}))
+    except DFCompressError:
+        synth_defaults = {}
+    return [run_defaults(teacher or RunConfig.teacher, registry=registry), synth_defaults, *layers]
 
 
 @cli.command(context_settings=CONTEXT_SETTINGS)

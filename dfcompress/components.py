@@ -124,6 +124,9 @@ class Synthesizer(Component, abc.ABC):
     #: the schedule used when ``--schedule`` is not given: ``offline`` (synthesize everything, then train)
     #: or ``online`` (rounds of synthesis against the current student, each followed by training)
     default_schedule: ClassVar[str] = "offline"
+    #: run settings this method suggests (``RunConfig`` field -> value), e.g. the online rounds it was measured
+    #: with: below the user's (flags, ``--config``) and above the teacher's model source's ``run_defaults``
+    run_defaults: ClassVar[dict[str, Any]] = {}
 
     def check_options(self) -> None:
         """The declared iterations option (if any) must be at least 1; subclasses add their own checks."""
@@ -143,6 +146,7 @@ class Synthesizer(Component, abc.ABC):
             "needs_batchnorm": cls.needs_batchnorm,
             "needs_guides": cls.needs_guides,
             "default_schedule": cls.default_schedule,
+            "run_defaults": dict(cls.run_defaults),
         }
 
     @property

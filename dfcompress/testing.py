@@ -235,6 +235,20 @@ def _synthesizer_class_problems(cls: type) -> list[str]:
             problems.append(f"iterations_option '{option}' names a {fields[option].type_name} option; it must be an int")
     if cls.default_schedule not in SCHEDULES:
         problems.append(f"default_schedule must be one of {', '.join(SCHEDULES)}, got {cls.default_schedule!r}")
+    suggested = getattr(cls, "run_defaults", {})
+    if not isinstance(suggested, dict):
+        problems.append(f"run_defaults must be a dict of run settings, got {suggested!r}")
+    else:
+        from .config import RunConfig, make_run_config
+
+        unknown = sorted(set(suggested) - set(RunConfig.__dataclass_fields__))
+        if unknown:
+            problems.append(f"run_defaults names {', '.join(unknown)}, which are not run settings (RunConfig fields)")
+        else:
+            try:
+                make_run_config(suggested)
+            except Exception as exc:  # a value of the wrong type or out of range
+                problems.append(f"run_defaults {suggested!r} is not a valid run configuration: {exc}")
     caps = cls.capabilities()
     if not isinstance(caps, dict) or not all(isinstance(k, str) for k in caps):
         problems.append(f"capabilities() must return a dict keyed by strings, got {caps!r}")

@@ -175,6 +175,8 @@ class TwoOptions:
         ({"iterations_option": "steps", "Config": TwoOptions}, r"iterations_option 'steps' must be None or the name"),
         ({"iterations_option": "scale", "Config": TwoOptions}, "names a float option; it must be an int"),
         ({"default_schedule": "sometimes"}, "default_schedule must be one of offline, online"),
+        ({"run_defaults": {"batch_size": 32, "rounds": 5}}, "run_defaults names rounds, which are not run settings"),
+        ({"run_defaults": {"batch_size": 0}}, "run_defaults .* is not a valid run configuration: --batch-size"),
     ],
     ids=lambda v: v if isinstance(v, str) else None,
 )

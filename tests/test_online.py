@@ -181,7 +181,7 @@ def test_online_fast_run_reports_rounds_work_and_a_reusable_pool(tmp_path):
 def test_every_synthesizer_runs_online(tmp_path, synth, options):
     out = tmp_path / synth
     args = ["run", "--synth", synth, "--task", "distill", "--student", "demo:small", "--schedule", "online",
-            "--num-images", "32", "--batch-size", "16", "--round-steps", "2", "--device", "cpu",
+            "--num-images", "32", "--batch-size", "16", "--round-steps", "2", "--warmup-rounds", "0", "--device", "cpu",
             "-d", "batch_size=16", *options, "--out", str(out)]
     assert cli(*args) == 0
     d = _metrics(out)["distill"]
@@ -192,7 +192,7 @@ def test_every_synthesizer_runs_online(tmp_path, synth, options):
 def test_prune_fine_tunes_online(tmp_path):
     out = tmp_path / "prune"
     args = ["run", "--synth", "fast", "--task", "prune", "--ratio", "0.5", "--num-images", "32", "--batch-size", "16",
-            "--round-steps", "2", "--device", "cpu", "-d", "batch_size=16", "-s", "latent_dim=16",
+            "--round-steps", "2", "--warmup-rounds", "0", "--device", "cpu", "-d", "batch_size=16", "-s", "latent_dim=16",
             "-s", "generator_width=8", "--out", str(out)]
     assert cli(*args) == 0
     m = _metrics(out)
@@ -271,3 +271,20 @@ def test_a_warmup_that_leaves_no_training_round_is_refused_before_any_synthesis(
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "--warmup-rounds 2 leaves no training round" in err, err
     assert not (out / "synthetic").exists()
+
+
+def test_fast_suggests_the_rounds_it_was_measured_with_and_the_user_overrides_them():
+    from dfcompress.cli import _layers, _with_source_defaults
+    from dfcompress.config import make_run_config
+    from dfcompress.plugins import get_registry
+
+    def resolved(**values):
+        layers = _layers(None, None, values, (), (), ())
+        return make_run_config(*_with_source_defaults(layers, get_registry()))
+
+    fast = resolved(synth="fast")  # above the demo source's num_images 512
+    assert (fast.batch_size, fast.round_steps, fast.warmup_rounds, fast.num_images) == (32, 5, 80, 50000)
+    mine = resolved(synth="fast", batch_size=64, warmup_rounds=0)
+    assert (mine.batch_size, mine.warmup_rounds, mine.round_steps) == (64, 0, 5)
+    natural = resolved(synth="natural")  # no suggestion: the source's and the run's defaults
+    assert (natural.batch_size, natural.round_steps, natural.num_images) == (256, 50, 512)
