@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from dfcompress.bench import launch as bench_launch
+from dfcompress.bench import results as bench_results
 from dfcompress.bench import runner as bench_runner
 from dfcompress.bench.suite import SuiteError, load_suite
 
@@ -662,6 +663,46 @@ def test_killing_the_bench_and_rerunning_finishes_the_suite(tmp_path, fake):
     assert bench_runner.Runner(suite, launcher=launcher).run(suite.select(["di--distill--it10"])) == {
         "di--distill--it10--s0": "ok"}
     assert calls() == [["-q", "run", "--resume", "benchmarks/results/tiny/di--distill--it10--s0", "--json"]]
+
+
+def test_a_cell_killed_with_its_runner_keeps_its_command_and_is_not_stale_once_resumed(tmp_path, fake):
+    """kill -9 of the runner and its cell (a machine restart) before the first attempt ends: bench.json already
+    records the attempt and the suite's command, so the resumed cell is done, not stale."""
+    launcher, calls = fake
+    path = make_suite(tmp_path)
+    started = tmp_path / "started"
+    script = tmp_path / "bench.py"
+    script.write_text(textwrap.dedent(f"""
+        from dfcompress.bench.runner import Runner
+        from dfcompress.bench.suite import load_suite
+        suite = load_suite({str(path)!r})
+        Runner(suite, launcher={launcher!r}).run(suite.select(["di--distill--it10"]))
+    """))
+    env = dict(os.environ, FAKE_HANG="di--distill--it10", FAKE_STARTED=str(started))
+    proc = subprocess.Popen([sys.executable, str(script)], env=env, start_new_session=True)
+    deadline = time.time() + 60
+    while not started.exists() and time.time() < deadline:
+        time.sleep(0.1)
+    assert started.exists()
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=60)
+    calls()
+    runner = bench_runner.Runner(load_suite(path), launcher=launcher)
+    (killed,) = runner.plan([runner.suite.cell("di--distill--it10--s0")])
+    assert killed.status == "resume" and killed.argv[:2] == ["run", "--resume"]
+    bench = json.loads((killed.out_dir / "bench.json").read_text())
+    assert bench["command"] == killed.command and killed.command.startswith("dfcompress run ")
+    assert "--resume" not in bench["command"]
+    assert [(a["resumed"], a["exit_code"]) for a in bench["attempts"]] == [(False, None)]
+    assert bench_results.cell_row(runner.workspace, killed.cell, tmp_path)["status"] == "pending"
+
+    assert runner.run(runner.suite.select(["di--distill--it10"])) == {"di--distill--it10--s0": "ok"}
+    assert calls() == [["-q", "run", "--resume", "benchmarks/results/tiny/di--distill--it10--s0", "--json"]]
+    bench = json.loads((killed.out_dir / "bench.json").read_text())
+    assert bench["command"] == killed.command
+    assert [(a["resumed"], a["exit_code"]) for a in bench["attempts"]] == [(False, None), (True, 0)]
+    (done,) = runner.plan([runner.suite.cell("di--distill--it10--s0")])
+    assert done.status == "done" and done.reason == ""
 
 
 def test_bench_command_runs_writes_csv_and_exits_1_on_failure(bench_cli, tmp_path, fake, monkeypatch):

@@ -181,21 +181,28 @@ def run_prerequisites(ws: Workspace, launch: Launcher, cells: list[Cell]) -> dic
 
 
 def run_cell(ws: Workspace, launch: Launcher, plan: CellPlan) -> str:
-    """Run (or resume) a planned cell, recording the attempt in its ``bench.json``; ok | failed."""
+    """Run (or resume) a planned cell, recording the attempt in its ``bench.json``; ok | failed.
+
+    The attempt is recorded before it starts (``exit_code`` null until it ends), so that one killed with the
+    runner (kill -9, a machine restart) leaves its record and the cell's command behind; ``command`` is always
+    the suite's command for the cell, never the ``--resume`` line that finished it."""
     cell, out = plan.cell, plan.out_dir
     out.mkdir(parents=True, exist_ok=True)
     bench = ws.stored_bench(cell) or {
         "cell": cell.id, "suite": cell.suite, "method": cell.method, "task": cell.task,
         "budget": plan.budget_info, "budget_id": cell.budget_id, "model": cell.model, "seed": cell.seed,
         "iterations": plan.iterations, "iterations_rule": plan.iterations_rule,
-        "command": shell_line(["dfcompress", *plan.argv]), "attempts": [],
+        "command": plan.command or shell_line(["dfcompress", *plan.argv]), "attempts": [],
     }
     resumed = plan.status == "resume"
     logger.info("%s %s", "resuming" if resumed else "running", cell.id)
     started, start = _now(), time.perf_counter()
+    attempt = {"started": started, "resumed": resumed, "exit_code": None, "wall_s": None}
+    bench["attempts"].append(attempt)
+    atomic_write_text(out / "bench.json", json.dumps(bench, indent=1))
     rc = launch(plan.argv, out / "bench.log")
-    wall = round(time.perf_counter() - start, 2)
-    bench["attempts"].append({"started": started, "resumed": resumed, "exit_code": rc, "wall_s": wall})
+    attempt.update(exit_code=rc, wall_s=round(time.perf_counter() - start, 2))
+    wall = attempt["wall_s"]
     atomic_write_text(out / "bench.json", json.dumps(bench, indent=1))
     if rc == 130:
         raise Interrupted(f"cell {cell.id} was interrupted (state saved)",

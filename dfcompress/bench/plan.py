@@ -29,6 +29,9 @@ class CellPlan:
     iterations_rule: str = ""
     budget_info: dict = field(default_factory=dict)
     argv: list[str] = field(default_factory=list)
+    #: the suite's own command for the cell (``dfcompress run ...``), also when ``argv`` resumes it: what
+    #: ``bench.json`` records and what the staleness check compares
+    command: str = ""
     problems: list[str] = field(default_factory=list)
 
 
@@ -99,8 +102,6 @@ class Planner:
                 p.status, p.reason = "skip", reason
             elif (out / "config.toml").is_file():
                 p.status = "resume"
-            if p.status == "resume":
-                p.argv = ["run", "--resume", self.ws.rel(out), "--json"]
             stored = self.ws.stored_bench(cell)
             if p.status in ("done", "resume") and "iterations" in stored:
                 p.iterations, p.iterations_rule = stored["iterations"], stored.get("iterations_rule", "")
@@ -109,17 +110,23 @@ class Planner:
                 p.iterations, p.iterations_rule, p.budget_info = self.calibrator.iterations(cell, measure=measure)
             if p.status == "done":
                 p.reason = self.staleness(cell, stored, p.iterations)
-            if p.status == "run":
-                config = self.ws.cell_config(cell)
-                if p.iterations is not None:
-                    config["iterations"] = p.iterations
-                elif cell.budget is not None:  # shown by --dry-run; run() calibrates before launching
-                    config["iterations"] = "<calibrated at run time>"
-                p.argv = ["run", *run_args(config, self.ws.rel(out))]
+            if p.status in ("run", "resume"):
+                run = self.run_argv(cell, p.iterations)
+                p.command = shell_line(["dfcompress", *run])
+                p.argv = run if p.status == "run" else ["run", "--resume", self.ws.rel(out), "--json"]
             if validate:
                 p.problems = self.validate(cell, p.iterations)
             plans.append(p)
         return plans
+
+    def run_argv(self, cell: Cell, iterations: int | None) -> list[str]:
+        """``run ...``: the command line the suite gives ``cell`` now (without the ``dfcompress`` in front)."""
+        config = self.ws.cell_config(cell)
+        if iterations is not None:
+            config["iterations"] = iterations
+        elif cell.budget is not None:  # shown by --dry-run; run() calibrates before launching
+            config["iterations"] = "<calibrated at run time>"
+        return ["run", *run_args(config, self.ws.rel(self.ws.cell_dir(cell)))]
 
     def staleness(self, cell: Cell, stored: dict, iterations: int | None) -> str:
         """'' when a finished cell ran the command the suite gives it now, else why its results are stale (they
@@ -127,10 +134,7 @@ class Planner:
         recorded = stored.get("command")
         if not recorded:
             return ""
-        config = self.ws.cell_config(cell)
-        if iterations is not None:
-            config["iterations"] = iterations
-        now = shell_line(["dfcompress", "run", *run_args(config, self.ws.rel(self.ws.cell_dir(cell)))])
+        now = shell_line(["dfcompress", *self.run_argv(cell, iterations)])
         if now == recorded:
             return ""
         return (f"stale: the suite's settings for this cell changed since it ran; its results are kept (delete "

@@ -88,7 +88,7 @@ def _read_json(path: Path) -> dict | None:
 def _status(ws: Workspace, cell: Cell, attempts: list[dict]) -> dict[str, str]:
     if (ws.cell_dir(cell) / "metrics.json").is_file():
         return {"status": "ok"}
-    if attempts and attempts[-1].get("exit_code") not in (0, 130):
+    if attempts and attempts[-1].get("exit_code") not in (0, 130, None):  # None: killed or still running
         return {"status": "failed", "reason": f"exit {attempts[-1].get('exit_code')}"}
     reason = ws.suite.missing_requirements(cell)
     return {"status": "skipped", "reason": reason} if reason else {"status": "pending", "reason": ""}
@@ -128,7 +128,7 @@ def cell_row(ws: Workspace, cell: Cell, csv_dir: Path) -> dict:
     row.update({"cpu_model": cpu_model(), "cpu_count": os.cpu_count(), "torch_threads": env.get("torch_threads"),
                 "torch_version": env.get("torch"), "python_version": env.get("python"),
                 "dfcompress_version": env.get("dfcompress"),
-                "wall_s": round(sum(a.get("wall_s", 0) for a in attempts), 2) if attempts else None})
+                "wall_s": round(sum(a.get("wall_s") or 0 for a in attempts), 2) if attempts else None})
     row["config"] = _link(out / "config.toml", csv_dir) if (out / "config.toml").is_file() else ""
     log = out / "log.txt" if (out / "log.txt").is_file() else out / "bench.log"
     row["log"] = _link(log, csv_dir) if log.is_file() else ""
