@@ -630,11 +630,9 @@ def test_collected_csv_has_metrics_hardware_and_links(tmp_path, fake):
     assert "reference code, measured separately" in reference["note"]
 
 
-def test_killing_the_bench_and_rerunning_finishes_the_suite(tmp_path, fake):
-    """SIGTERM to the runner reaches the running cell, which saves its state and exits 130; the runner
-    stops with 130; running again resumes that cell with --resume and finishes."""
-    launcher, calls = fake
-    path = make_suite(tmp_path)
+def _bench_with_a_hanging_cell(tmp_path, path, launcher):
+    """Start a runner on the cell di--distill--it10 (whose fake run hangs) in its own process group; return it
+    once the cell has started."""
     started = tmp_path / "started"
     script = tmp_path / "bench.py"
     script.write_text(textwrap.dedent(f"""
@@ -649,11 +647,20 @@ def test_killing_the_bench_and_rerunning_finishes_the_suite(tmp_path, fake):
             sys.exit(130)
     """))
     env = dict(os.environ, FAKE_HANG="di--distill--it10", FAKE_STARTED=str(started))
-    proc = subprocess.Popen([sys.executable, str(script)], env=env)
+    proc = subprocess.Popen([sys.executable, str(script)], env=env, start_new_session=True)
     deadline = time.time() + 60
     while not started.exists() and time.time() < deadline:
         time.sleep(0.1)
     assert started.exists()
+    return proc
+
+
+def test_killing_the_bench_and_rerunning_finishes_the_suite(tmp_path, fake):
+    """SIGTERM to the runner reaches the running cell, which saves its state and exits 130; the runner
+    stops with 130; running again resumes that cell with --resume and finishes."""
+    launcher, calls = fake
+    path = make_suite(tmp_path)
+    proc = _bench_with_a_hanging_cell(tmp_path, path, launcher)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=60) == 130
     cell_dir = tmp_path / "benchmarks" / "results" / "tiny" / "di--distill--it10--s0"
@@ -670,20 +677,7 @@ def test_a_cell_killed_with_its_runner_keeps_its_command_and_is_not_stale_once_r
     records the attempt and the suite's command, so the resumed cell is done, not stale."""
     launcher, calls = fake
     path = make_suite(tmp_path)
-    started = tmp_path / "started"
-    script = tmp_path / "bench.py"
-    script.write_text(textwrap.dedent(f"""
-        from dfcompress.bench.runner import Runner
-        from dfcompress.bench.suite import load_suite
-        suite = load_suite({str(path)!r})
-        Runner(suite, launcher={launcher!r}).run(suite.select(["di--distill--it10"]))
-    """))
-    env = dict(os.environ, FAKE_HANG="di--distill--it10", FAKE_STARTED=str(started))
-    proc = subprocess.Popen([sys.executable, str(script)], env=env, start_new_session=True)
-    deadline = time.time() + 60
-    while not started.exists() and time.time() < deadline:
-        time.sleep(0.1)
-    assert started.exists()
+    proc = _bench_with_a_hanging_cell(tmp_path, path, launcher)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=60)
     calls()
