@@ -979,7 +979,8 @@ def test_leaderboard_time_budget_table_and_learning_curves(tmp_path):
     frame = pd.DataFrame([
         dict(base, cell=f"fast--s{seed}", method="fast", method_label="Fast-2", seed=seed, top1=top1,
              **{"distill.schedule": "online", "distill.images": 5120, "distill.synthesis_s": 300.0,
-                "distill.training_s": 1500.0, "distill.work_images.synthesis_teacher": 10240,
+                "distill.training_s": 1500.0, "distill.steps": 3000 + 500 * seed,
+                "distill.work_images.synthesis_teacher": 10240,
                 "distill.work_images.train_student": 1_000_000, "distill.curve": json.dumps(curve)})
         for seed, top1 in ((0, 0.40), (1, 0.44))
     ] + [dict(base, cell="di--s0", method="di", method_label="DeepInversion", seed=0, top1=0.2,
@@ -994,6 +995,7 @@ def test_leaderboard_time_budget_table_and_learning_curves(tmp_path):
     assert fast["top-1 %"] == "42.00 ± 2.83 (n=2)" and fast["images made"] == "5,120"
     assert fast["schedule"] == "online" and fast["work (M images through a model)"] == "1.01"
     assert table.iloc[1]["synthesis s"] == "900"
+    assert fast["KD steps"] == "3,250" and table.iloc[1]["KD steps"] == ""  # mean over seeds; absent: blank
     curves = time_curves(frame)
     assert curves["Fast-2 (distill)"] == curve and curves["DeepInversion (distill)"] == []
     from dfcompress.schedule import plot_curve

@@ -132,7 +132,9 @@ WORK_PREFIX = "distill.work_images."
 
 def time_table(frame: Any, notes: Notes) -> Any:
     """Time-budget cells (``--time-budget``): per method and task, the images made, seconds of synthesis and
-    training, the machine-independent work count and the top-1 (mean ± std over seeds)."""
+    training, the KD steps taken, the machine-independent work count and the top-1 (mean ± std over seeds).
+    Steps and work tell apart a better method from a faster machine: cells of one suite may run on different
+    machines."""
     import pandas as pd
 
     if "distill.time_budget_s" not in frame:
@@ -153,7 +155,7 @@ def time_table(frame: Any, notes: Notes) -> Any:
             "schedule": str(sub["distill.schedule"].iloc[0]) if "distill.schedule" in sub else "",
             "budget s": mean("distill.time_budget_s"), "images made": mean("distill.images"),
             "synthesis s": mean("distill.synthesis_s"), "training s": mean("distill.training_s"),
-            "total s": mean("distill.total_s"),
+            "KD steps": mean("distill.steps"), "total s": mean("distill.total_s"),
             "work (M images through a model)": f"{work.mean() / 1e6:.2f}" if work is not None else "",
             "top-1 %": _fmt_runs([_pct(v) for v in sub["top1"]]),
         })
