@@ -277,6 +277,44 @@ def test_a_suite_extends_another_suite_s_recipe(tmp_path):
     with pytest.raises(SuiteError, match="one level only"):
         load_suite(nested)
 
+def test_a_method_extends_another_and_seeds_differ_by_task(tmp_path):
+    path = make_suite(tmp_path, SMALL_SUITE + textwrap.dedent("""
+        [methods.ni-wide]
+        label = "NaturalInversion, wide"
+        extends = "ni"
+        budgets = ["it10"]
+        synth_options = {{ generator_width = 128 }}
+        seeds = {{ prune = [3, 4] }}
+
+        [methods.ni-deep]
+        extends = "ni-wide"
+    """))
+    with pytest.raises(SuiteError, match=r"\[methods.ni-deep\]: extends 'ni-wide', which extends another method"):
+        load_suite(path)
+    path.write_text(path.read_text().replace('extends = "ni-wide"', 'extends = "di"\nsynth = "noise"\ntasks = ["distill"]'))
+    suite = load_suite(path)
+    # ni-wide: ni's synth under its own options and budgets; its label and note are its own; seeds by task
+    wide = [c for c in suite.cells if c.method == "ni-wide"]
+    assert [c.id for c in wide] == ["ni-wide--distill--it10--s0", "ni-wide--prune--it10--s3",
+                                    "ni-wide--prune--it10--s4"]
+    assert wide[0].config["synth"] == "natural" and wide[0].config["synth_options"] == {"generator_width": 128}
+    assert wide[0].method_label == "NaturalInversion, wide"
+    # the extending table's keys win; the base's label is not taken
+    deep = [c for c in suite.cells if c.method == "ni-deep"]
+    assert {c.config["synth"] for c in deep} == {"noise"} and {c.task for c in deep} == {"distill"}
+    assert deep[0].method_label == "ni-deep" and len(deep) == 2  # di's budgets (it10, eq), the suite's seed
+
+    for bad, message in [
+        ('extends = "nope"', r"extends 'nope', which is not another method of this file; known: noise, di"),
+        ("seeds = {{ quantize = [1] }}", r"seeds names task\(s\) quantize this method does not run; its tasks: "
+                                         r"distill, prune"),
+        ("seeds = {{ prune = [] }}", r"\(task prune\): seeds must be a non-empty list of integers"),
+    ]:
+        text = SMALL_SUITE + f'\n[methods.odd]\nsynth = "noise"\nbudgets = []\n{bad}\n'
+        with pytest.raises(SuiteError, match=message):
+            load_suite(make_suite(tmp_path, text, name="odd.toml"))
+
+
 def test_cells_needing_shared_are_skipped_with_the_reason(tmp_path):
     suite = load_suite(REPO / "benchmarks" / "suites" / "cifar10-cpu.toml", root=tmp_path)
     reasons = {suite.missing_requirements(c) for c in suite.cells}

@@ -13,8 +13,9 @@ clock time) times every *model* pair (optional) times every *seed*. Layout::
     [models.ID]     optional teacher/student pairs (RunConfig fields, label, requires)
     [budgets.ID]    label, iterations = N | equal_time = {method, iterations}, calibration = {from_budget, probe_iterations}
     [methods.ID]    label, kind = "synthetic" | "real" | "teacher", budgets = [...], tasks = [...], requires,
-                    note, real_images, seeds (this method's own, instead of the suite's), and RunConfig fields
-                    (synth, synth_options, synthetic, ...)
+                    note, real_images, seeds (this method's own, instead of the suite's: a list, or a table
+                    TASK = [...] for some tasks), extends = "METHOD" (that method's table under this one's,
+                    one level; label, note and seeds not taken), and RunConfig fields (synth, synth_options, ...)
     [tasks.ID]      label, reuse_synthetic_from = "TASK-ID", and RunConfig fields (task, student, ratio, ...)
     [prerequisites.ID]  label, command = ["stats", "collect", ...] (a dfcompress command), out, requires
 
@@ -50,7 +51,9 @@ INHERITED_TABLES = ("vars", "run", "models", "budgets", "tasks", "prerequisites"
 INHERITED_SUITE_KEYS = ("requires", "reference", "notes")
 MODEL_META = {"label", "requires"}
 BUDGET_KEYS = {"label", "iterations", "equal_time", "calibration"}
-METHOD_META = {"label", "kind", "budgets", "tasks", "requires", "note", "real_images", "seeds"}
+METHOD_META = {"label", "kind", "budgets", "tasks", "requires", "note", "real_images", "seeds", "extends"}
+#: what ``[methods.X] extends = "Y"`` does not take from Y: the words that describe the row, and its seeds
+METHOD_OWN_KEYS = ("label", "note", "seeds", "extends")
 TASK_META = {"label", "reuse_synthetic_from"}
 PREREQ_KEYS = {"label", "command", "out", "requires"}
 TABLES = {"suite", "vars", "run", "models", "budgets", "methods", "tasks", "prerequisites"}
@@ -441,7 +444,10 @@ class _Method:
     tasks: list[str]
     note: str = ""
     real_images: int = 0
-    seeds: list[int] | None = None  # None: the suite's
+    seeds: dict[str | None, list[int]] = field(default_factory=dict)  # task id (None: every task) -> seeds
+
+    def seeds_for(self, task_id: str, suite_seeds: list[int]) -> list[int]:
+        return self.seeds.get(task_id, self.seeds.get(None, suite_seeds))
 
 
 @dataclass
@@ -598,7 +604,26 @@ def _methods(data: dict, budgets: dict[str, Budget], tasks: dict[str, _Task], ex
         raise SuiteError(f"{path}: no [methods.*] tables")
     for key in raw:
         _id_ok("method", key, path)
-    return {key: _method(key, table, budgets, tasks, ex, f"{path}: [methods.{key}]") for key, table in raw.items()}
+    return {key: _method(key, _method_table(key, raw, path), budgets, tasks, ex, f"{path}: [methods.{key}]")
+            for key in raw}
+
+
+def _method_table(key: str, raw: dict, path: Path) -> Any:
+    """[methods.KEY], with the table it ``extends`` under it (one level; label, note and seeds stay this
+    method's own; component option tables merge key by key)."""
+    table = raw[key]
+    if not isinstance(table, dict) or "extends" not in table:
+        return table
+    where = f"{path}: [methods.{key}]"
+    base_id = table["extends"]
+    if base_id not in raw or base_id == key:
+        raise SuiteError(f"{where}: extends {base_id!r}, which is not another method of this file; "
+                         f"known: {', '.join(k for k in raw if k != key)}")
+    base = raw[base_id]
+    if not isinstance(base, dict) or "extends" in base:
+        raise SuiteError(f"{where}: extends {base_id!r}, which extends another method (one level only)")
+    inherited = {k: v for k, v in base.items() if k not in METHOD_OWN_KEYS}
+    return {k: v for k, v in merge(inherited, table).items() if k != "extends"}
 
 
 def _method(key: str, table: Any, budgets: dict[str, Budget], tasks: dict[str, _Task], ex: _Expander,
@@ -633,9 +658,20 @@ def _method(key: str, table: Any, budgets: dict[str, Budget], tasks: dict[str, _
         if reuse is not None and kind == "synthetic" and reuse not in method_tasks:
             raise SuiteError(f"{where}: task {task_id} reuses the images of task {reuse}, "
                              f"which this method does not run; add it to tasks")
-    seeds = _seeds(table["seeds"], where) if "seeds" in table else None
+    seeds = _method_seeds(table["seeds"], method_tasks, where) if "seeds" in table else {}
     return _Method(key, label, kind, part, method_budgets, method_tasks, str(table.get("note", "")), real_images,
                    seeds)
+
+
+def _method_seeds(seeds: Any, method_tasks: list[str], where: str) -> dict[str | None, list[int]]:
+    """A method's ``seeds``: a list for every task, or a table ``TASK = [...]`` (tasks not named: the suite's)."""
+    if not isinstance(seeds, dict):
+        return {None: _seeds(seeds, where)}
+    unknown = [t for t in seeds if t not in method_tasks]
+    if unknown:
+        raise SuiteError(f"{where}: seeds names task(s) {', '.join(unknown)} this method does not run; "
+                         f"its tasks: {', '.join(method_tasks)}")
+    return {task_id: _seeds(value, f"{where} (task {task_id}):") for task_id, value in seeds.items()}
 
 
 # --- cells -----------------------------------------------------------------------------------------------
@@ -650,7 +686,7 @@ def _cells(name: str, path: Path, base: _Part, models: list[_Model], budgets: di
              for task_id in method.tasks
              for model in models
              for budget_id in (method.budgets or [None])
-             for seed in (method.seeds or seeds)]
+             for seed in method.seeds_for(task_id, seeds)]
     order = {b: i for i, b in enumerate([None, *budgets])}
     task_order = {t: i for i, t in enumerate(tasks)}
     method_order = {m: i for i, m in enumerate(methods)}
